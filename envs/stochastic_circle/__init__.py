@@ -1,0 +1,1 @@
+"""stochastic_circle."""
