@@ -1,0 +1,312 @@
+"""Batched, differentiable torch backend of the circle tasks (Point robot).
+
+Many tasks x many envs are stepped as one tensor program; every tensor has a
+leading ``[tasks, envs]`` shape. The dynamics are a planar model of
+Safety-Gymnasium's Point robot (``assets/xmls/point.xml``), identified from the
+real MuJoCo simulator (see :class:`PointDynamics` and ``experiments/identify_point.py``).
+
+Planar state ``[x, y, heading, vx, vy, omega]`` (world frame). One env step is
+``substeps`` (10) physics steps of ``dt`` (0.002 s), like the MuJoCo task:
+
+* turning: the velocity actuator on the hinge produces a force
+  ``clip(a1 - 0.3 * omega, -0.05, 0.05)``, so
+  ``omega <- turn_decay * omega + turn_gain * gear_scale * clip(...)``;
+* driving: the motor force along the heading is ``clip(a0, -0.05, 0.05)``; in
+  the body frame ``v_fwd <- fwd_decay * v_fwd + drive_gain * gear_scale * clip(a0)``
+  and ``v_lat <- lat_decay * v_lat`` (floor friction + joint damping, both
+  well described as linear per-step decay at these speeds);
+* semi-implicit Euler for position and heading (MuJoCo's Euler integrator).
+
+Reward, cost, observation layout and episode length equal the MuJoCo backend's:
+observation = accelerometer(3) | velocimeter(3) | gyro(3) | magnetometer(3) |
+circle pseudo-lidar(16), 28 dims.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from stochastic_circle.tasks import CircleTask
+
+OBS_DIM: int = 28
+ACTION_DIM: int = 2
+LIDAR_BINS: int = 16
+LIDAR_MAX_DIST: float = 6.0
+REWARD_FACTOR: float = 0.1
+EPISODE_STEPS: int = 500
+GRAVITY: float = 9.81
+#: MuJoCo's default global magnetic field, read by the magnetometer in the body frame.
+MAGNETIC_FIELD: tuple[float, float] = (0.0, -0.5)
+
+
+@dataclass(frozen=True)
+class PointDynamics:
+    """Constants of the planar Point model, fitted to MuJoCo (per physics step of ``dt``).
+
+    Fitted by least squares on 20,000 env steps of random actions in the stock
+    ``SafetyPointCircle1-v0`` simulator (``experiments/identify_point.py``).
+    """
+
+    dt: float = 0.002
+    substeps: int = 10
+    fwd_decay: float = 0.99626
+    lat_decay: float = 0.99595
+    drive_gain: float = 0.11302
+    turn_decay: float = 0.72576
+    turn_gain: float = 16.439
+    force_limit: float = 0.05
+    turn_velocity_gear: float = 0.3
+
+
+@dataclass(frozen=True)
+class TaskTensors:
+    """Per-task parameters as tensors, each ``[tasks, 1]`` to broadcast over envs."""
+
+    radius: Tensor
+    wall_distance: Tensor
+    four_walls: Tensor
+    damping_scale: Tensor
+    gear_scale: Tensor
+
+    @staticmethod
+    def from_tasks(
+        tasks: list[CircleTask], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> TaskTensors:
+        for task in tasks:
+            if task.robot != "point":
+                raise ValueError(
+                    f"robot={task.robot!r} is not available on the torch backend: valid choices "
+                    "are ['point'] (use the MuJoCo backend for 'car')"
+                )
+
+        def col(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=device).unsqueeze(-1)
+
+        return TaskTensors(
+            radius=col([t.radius for t in tasks]),
+            wall_distance=col([t.wall_distance for t in tasks]),
+            four_walls=col([float(t.num_walls == 4) for t in tasks]),
+            damping_scale=col([t.damping_scale for t in tasks]),
+            gear_scale=col([t.gear_scale for t in tasks]),
+        )
+
+
+def _decay(base: float, damping_scale: Tensor) -> Tensor:
+    """Per-step velocity decay with the dissipation scaled by ``damping_scale``."""
+    return 1.0 - (1.0 - base) * damping_scale
+
+
+def physics_step(
+    state: Tensor, action: Tensor, task: TaskTensors, model: PointDynamics = PointDynamics()
+) -> tuple[Tensor, Tensor]:
+    """Advance one env step (``model.substeps`` physics steps). Differentiable.
+
+    :param state: ``[..., 6]`` planar state ``[x, y, heading, vx, vy, omega]``.
+    :param action: ``[..., 2]`` raw actions (clipped to [-1, 1] as MuJoCo's ctrlrange does).
+    :param task: per-task tensors broadcastable to ``state[..., 0]``.
+    :return: ``(next_state [..., 6], body_accel [..., 2])`` where ``body_accel`` is the
+        body-frame linear acceleration over the last physics step (accelerometer reading).
+    """
+    x, y, heading, vx, vy, omega = state.unbind(-1)
+    action = action.clamp(-1.0, 1.0)
+    drive = action[..., 0].clamp(-model.force_limit, model.force_limit) * task.gear_scale
+    turn_target = action[..., 1]
+    gear = task.gear_scale
+    damping = task.damping_scale
+    fwd_decay = _decay(model.fwd_decay, damping)
+    lat_decay = _decay(model.lat_decay, damping)
+    turn_decay = _decay(model.turn_decay, damping)
+    fwd = lat = fwd_prev = lat_prev = x  # placeholders, assigned in the loop
+    for _ in range(model.substeps):
+        turn_force = (turn_target - model.turn_velocity_gear * omega).clamp(
+            -model.force_limit, model.force_limit
+        )
+        omega = turn_decay * omega + model.turn_gain * gear * turn_force
+        heading = heading + model.dt * omega
+        cos, sin = torch.cos(heading), torch.sin(heading)
+        fwd_prev = cos * vx + sin * vy
+        lat_prev = -sin * vx + cos * vy
+        fwd = fwd_decay * fwd_prev + model.drive_gain * drive
+        lat = lat_decay * lat_prev
+        vx = cos * fwd - sin * lat
+        vy = sin * fwd + cos * lat
+        x = x + model.dt * vx
+        y = y + model.dt * vy
+    body_accel = torch.stack([fwd - fwd_prev, lat - lat_prev], -1) / model.dt
+    return torch.stack([x, y, heading, vx, vy, omega], -1), body_accel
+
+
+def circle_reward(state: Tensor, task: TaskTensors) -> Tensor:
+    """Safety-Gymnasium circle reward ``0.1 * ((-u*y + v*x)/r) / (1 + |r - R|)``.
+
+    :param state: ``[..., 6]`` state after the step. :return: ``[...]``.
+    """
+    x, y, _, vx, vy, _ = state.unbind(-1)
+    # The stock reward divides by r; guard the (measure-zero) origin against NaN.
+    r = torch.sqrt(x * x + y * y).clamp_min(1e-9)
+    return REWARD_FACTOR * ((-vx * y + vy * x) / r) / (1.0 + (r - task.radius).abs())
+
+
+def wall_cost(state: Tensor, task: TaskTensors) -> Tensor:
+    """1 when the agent is beyond a wall (``|x| > d``, or ``|y| > d`` with 4 walls), else 0."""
+    wall = task.wall_distance
+    outside_x = state[..., 0].abs() > wall
+    outside_y = (state[..., 1].abs() > wall) & (task.four_walls > 0.5)
+    return (outside_x | outside_y).to(state.dtype)
+
+
+def circle_lidar(state: Tensor) -> Tensor:
+    """16-bin pseudo-lidar of the circle centre with aliasing, as Safety-Gymnasium.
+
+    :param state: ``[..., 6]``. :return: ``[..., 16]`` readings in [0, 1].
+    """
+    x, y, heading = state[..., 0], state[..., 1], state[..., 2]
+    # Centre (0, 0) in the agent's ego frame.
+    cos, sin = torch.cos(heading), torch.sin(heading)
+    ego_x = cos * (-x) + sin * (-y)
+    ego_y = -sin * (-x) + cos * (-y)
+    dist = torch.sqrt(ego_x * ego_x + ego_y * ego_y)
+    angle = torch.remainder(torch.atan2(ego_y, ego_x), 2 * math.pi)
+    bin_size = 2 * math.pi / LIDAR_BINS
+    bin_index = torch.floor(angle / bin_size).clamp(0, LIDAR_BINS - 1)
+    alias = angle / bin_size - bin_index
+    sensor = (LIDAR_MAX_DIST - dist).clamp_min(0.0) / LIDAR_MAX_DIST
+    bins = torch.arange(LIDAR_BINS, device=state.device, dtype=state.dtype)
+    idx = bin_index.unsqueeze(-1)
+    hit = (bins == idx).to(state.dtype)
+    plus = (bins == torch.remainder(idx + 1, LIDAR_BINS)).to(state.dtype)
+    minus = (bins == torch.remainder(idx - 1, LIDAR_BINS)).to(state.dtype)
+    s = sensor.unsqueeze(-1)
+    reading = torch.maximum(hit * s, plus * alias.unsqueeze(-1) * s)
+    return torch.maximum(reading, minus * (1 - alias).unsqueeze(-1) * s)
+
+
+def observe(state: Tensor, body_accel: Tensor) -> Tensor:
+    """Observation vector with the MuJoCo task's layout.
+
+    :param state: ``[..., 6]``. :param body_accel: ``[..., 2]``. :return: ``[..., 28]``.
+    """
+    heading, vx, vy, omega = state[..., 2], state[..., 3], state[..., 4], state[..., 5]
+    cos, sin = torch.cos(heading), torch.sin(heading)
+    zeros = torch.zeros_like(heading)
+    accelerometer = torch.stack([body_accel[..., 0], body_accel[..., 1], zeros + GRAVITY], -1)
+    velocimeter = torch.stack([cos * vx + sin * vy, -sin * vx + cos * vy, zeros], -1)
+    gyro = torch.stack([zeros, zeros, omega], -1)
+    mx, my = MAGNETIC_FIELD
+    magnetometer = torch.stack([cos * mx + sin * my, -sin * mx + cos * my, zeros], -1)
+    return torch.cat([accelerometer, velocimeter, gyro, magnetometer, circle_lidar(state)], -1)
+
+
+class BatchedCircleEnv:
+    """``len(tasks)`` x ``num_envs`` Point circle envs stepped together.
+
+    Episodes last :data:`EPISODE_STEPS` steps and end with ``truncated=True``
+    (never ``terminated``); ended envs reset automatically and the observation
+    they ended on is kept in :attr:`final_obs` for value bootstrapping.
+
+    :param tasks: one :class:`CircleTask` per task row.
+    :param num_envs: envs per task.
+    :param seed: seeds the start-state generator (reset(seed=...) reseeds).
+    :param placement: half-width of the square the agent starts in (0.2 as Meta-CPO).
+    """
+
+    def __init__(
+        self,
+        tasks: list[CircleTask],
+        num_envs: int,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        placement: float = 0.2,
+        episode_steps: int = EPISODE_STEPS,
+        model: PointDynamics | None = None,
+    ) -> None:
+        if not tasks:
+            raise ValueError("tasks is empty: give at least one CircleTask")
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs} is invalid: must be >= 1")
+        if episode_steps < 1:
+            raise ValueError(f"episode_steps={episode_steps} is invalid: must be >= 1")
+        self.tasks = list(tasks)
+        self.num_tasks = len(tasks)
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.placement = placement
+        self.episode_steps = episode_steps
+        self.model = model or PointDynamics()
+        self.task_tensors = TaskTensors.from_tasks(self.tasks, dtype, self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        shape = (self.num_tasks, num_envs)
+        self.state = torch.zeros(*shape, 6, dtype=dtype, device=self.device)
+        self.elapsed = torch.zeros(shape, dtype=torch.long, device=self.device)
+        self.final_obs = torch.zeros(*shape, OBS_DIM, dtype=dtype, device=self.device)
+        self._obs = torch.zeros(*shape, OBS_DIM, dtype=dtype, device=self.device)
+
+    @property
+    def obs_dim(self) -> int:
+        return OBS_DIM
+
+    @property
+    def action_dim(self) -> int:
+        return ACTION_DIM
+
+    def _start_states(self, count: int) -> Tensor:
+        """``[count, 6]`` start states: uniform position in the placement box, random heading."""
+        u = torch.rand(count, 3, generator=self.generator, device=self.device, dtype=self.dtype)
+        state = torch.zeros(count, 6, dtype=self.dtype, device=self.device)
+        state[:, :2] = (2 * u[:, :2] - 1) * self.placement
+        state[:, 2] = (2 * u[:, 2] - 1) * math.pi
+        return state
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        """Reset every env. :return: obs ``[tasks, envs, 28]``."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        n = self.num_tasks * self.num_envs
+        self.state = self._start_states(n).view(self.num_tasks, self.num_envs, 6)
+        self.elapsed.zero_()
+        zero_accel = torch.zeros(*self.state.shape[:-1], 2, dtype=self.dtype, device=self.device)
+        self._obs = observe(self.state, zero_accel)
+        return self._obs
+
+    def set_state(self, state: Tensor) -> None:
+        """Overwrite the planar state ``[tasks, envs, 6]`` (for tests and model rollouts)."""
+        self.state = state.to(self.dtype).clone()
+
+    @torch.no_grad()
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Step all envs.
+
+        :param action: ``[tasks, envs, 2]``.
+        :return: ``obs [T, E, 28]`` (of the new episode where one ended), ``reward [T, E]``,
+            ``cost [T, E]``, ``terminated [T, E]`` (always False), ``truncated [T, E]``.
+        """
+        expected = (self.num_tasks, self.num_envs, ACTION_DIM)
+        if tuple(action.shape) != expected:
+            raise ValueError(f"action shape {tuple(action.shape)} is invalid: expected {expected}")
+        next_state, accel = physics_step(self.state, action.to(self.dtype), self.task_tensors, self.model)
+        reward = circle_reward(next_state, self.task_tensors)
+        cost = wall_cost(next_state, self.task_tensors)
+        obs = observe(next_state, accel)
+        self.elapsed += 1
+        truncated = self.elapsed >= self.episode_steps
+        terminated = torch.zeros_like(truncated)
+        self.final_obs = obs
+        if bool(truncated.any()):
+            done = truncated.nonzero(as_tuple=True)
+            next_state = next_state.clone()
+            fresh = self._start_states(len(done[0]))
+            next_state[done] = fresh
+            obs = obs.clone()
+            zero_accel = torch.zeros(len(done[0]), 2, dtype=self.dtype, device=self.device)
+            obs[done] = observe(fresh, zero_accel)
+            self.elapsed[done] = 0
+        self.state = next_state
+        self._obs = obs
+        return obs, reward, cost, terminated, truncated
