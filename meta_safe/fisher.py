@@ -117,7 +117,9 @@ def conjugate_gradient(
     """
     if b.dim() != 1:
         raise ValueError(f"conjugate_gradient: b must be a flat vector [P], got {tuple(b.shape)}")
-    x = torch.zeros_like(b)
+    # 0 * b rather than zeros_like: the result stays connected to b's graph even when no
+    # iteration runs (b ~ 0), so callers can always backpropagate through it.
+    x = 0.0 * b
     residual = b
     direction = b
     res_sq = torch.dot(residual, residual)

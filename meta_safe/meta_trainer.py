@@ -12,7 +12,6 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-
 from stochastic_circle.tasks import TaskDistribution
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -33,8 +32,13 @@ def smoke_run(cfg: DictConfig, num_tasks: int = 3) -> list[tuple[float, float, f
         **OmegaConf.to_container(env_cfg.meta_train),
     )
     tasks = dist.sample(num_tasks, seed=cfg.seed)
-    env = BatchedCircleEnv(tasks, num_envs=1, seed=cfg.seed, placement=env_cfg.placement,
-                           episode_steps=env_cfg.episode_steps)
+    env = BatchedCircleEnv(
+        tasks,
+        num_envs=1,
+        seed=cfg.seed,
+        placement=env_cfg.placement,
+        episode_steps=env_cfg.episode_steps,
+    )
     env.reset()
     gen = torch.Generator().manual_seed(cfg.seed)
     ret = torch.zeros(num_tasks, 1)

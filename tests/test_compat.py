@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from stochastic_circle import compat
 
 pytestmark = pytest.mark.mujoco
@@ -32,21 +31,28 @@ def test_mujoco_jnt_accepts_one_element_array() -> None:
     import mujoco
 
     compat.apply()
-    xml = "<mujoco><worldbody><body><joint type='hinge'/><geom size='.1'/></body></worldbody></mujoco>"
+    xml = (
+        "<mujoco><worldbody><body><joint type='hinge'/><geom size='.1'/></body>"
+        "</worldbody></mujoco>"
+    )
     model = mujoco.MjModel.from_xml_string(xml)
     assert model.jnt(np.array([0])).id == model.jnt(0).id
     with pytest.raises(TypeError, match="one joint id"):
         model.jnt(np.array([0, 0]))
 
 
-@pytest.mark.parametrize(("env_id", "obs_dim"), [("SafetyPointCircle1-v0", 28), ("SafetyCarCircle1-v0", 40)])
+@pytest.mark.parametrize(
+    ("env_id", "obs_dim"), [("SafetyPointCircle1-v0", 28), ("SafetyCarCircle1-v0", 40)]
+)
 def test_stock_circle_env_runs_a_full_episode(env_id: str, obs_dim: int) -> None:
     env = compat.import_safety_gymnasium().make(env_id)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (obs_dim,)
     rng = np.random.default_rng(0)
     rewards, costs = [], []
-    for step in range(1, 1001):
+    step = 0
+    while step < 1000:
+        step += 1
         obs, reward, cost, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 2))
         rewards.append(reward)
         costs.append(cost)

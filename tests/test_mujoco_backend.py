@@ -21,7 +21,7 @@ from stochastic_circle.mujoco_backend import (
 
 pytestmark = pytest.mark.mujoco
 
-STOCK_PLACEMENT = (-0.8, -0.8, 0.8, 0.8)
+STOCK_PLACEMENT = 0.8
 STOCK_IDS = {"point": "SafetyPointCircle1-v0", "car": "SafetyCarCircle1-v0"}
 
 
@@ -99,7 +99,8 @@ def test_constructor_seed_makes_unseeded_resets_reproducible() -> None:
 
 
 def test_start_pose_lies_in_the_placement_box() -> None:
-    env = MujocoCircleEnv(placement_box=(0.5, -0.3, 0.6, -0.2))
+    assert MujocoCircleEnv(placement=0.3).placement_box == (-0.3, -0.3, 0.3, 0.3)
+    env = MujocoCircleEnv(placement=(0.5, -0.3, 0.6, -0.2))
     for seed in range(10):
         env.reset(seed=seed)
         x, y, heading, *velocity = env.get_planar_state()
@@ -128,7 +129,7 @@ def test_matches_stock_safety_gymnasium(safety_gymnasium: ModuleType, robot: str
     stock_obs, _ = stock.reset(seed=11)
     stock_task = stock.unwrapped.task
     env = MujocoCircleEnv(
-        CircleTask(robot=robot, radius=1.5, wall_distance=1.125), placement_box=STOCK_PLACEMENT
+        CircleTask(robot=robot, radius=1.5, wall_distance=1.125), placement=STOCK_PLACEMENT
     )
     env.reset(seed=11)
     env.set_sim_state(sim_state_of(stock_task.model, stock_task.data))
@@ -184,8 +185,10 @@ def test_invalid_inputs_raise_clear_value_errors(point_env: MujocoCircleEnv) -> 
         MujocoCircleEnv(task="point")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="disagrees"):
         gymnasium.make("StochasticCircle-Point-v0", task=CircleTask(robot="car"))
-    with pytest.raises(ValueError, match="placement_box"):
-        MujocoCircleEnv(placement_box=(0.5, 0.0, -0.5, 1.0))
+    with pytest.raises(ValueError, match="placement"):
+        MujocoCircleEnv(placement=(0.5, 0.0, -0.5, 1.0))
+    with pytest.raises(ValueError, match="placement"):
+        MujocoCircleEnv(placement=7.0)
     with pytest.raises(ValueError, match="expected a stochastic_circle.CircleTask"):
         point_env.reset(options={"task": {"radius": 2.0}})
     with pytest.raises(ValueError, match="unknown"):

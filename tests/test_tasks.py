@@ -1,7 +1,6 @@
 """Task parameters and seeded task distributions."""
 
 import pytest
-
 from stochastic_circle.tasks import CircleTask, TaskDistribution, reference_distribution
 
 
@@ -51,7 +50,9 @@ def test_invalid_task_values_name_the_value_and_valid_range(kwargs: dict, messag
 
 
 def test_invalid_distribution_ranges() -> None:
-    with pytest.raises(ValueError, match=r"radius=\[2.0, 1.0\] is invalid: need finite low <= high"):
+    with pytest.raises(
+        ValueError, match=r"radius=\[2.0, 1.0\] is invalid: need finite low <= high"
+    ):
         TaskDistribution(name="bad", radius=(2.0, 1.0))
     with pytest.raises(ValueError, match="outside the arena"):
         TaskDistribution(name="bad", radius=(1.0, 8.0))

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import (
     EPISODE_STEPS,
@@ -17,7 +16,10 @@ from stochastic_circle.torch_backend import (
     wall_cost,
 )
 
-TASKS = [CircleTask(radius=1.2, wall_distance=0.8), CircleTask(radius=1.4, wall_distance=0.9, num_walls=4)]
+TASKS = [
+    CircleTask(radius=1.2, wall_distance=0.8),
+    CircleTask(radius=1.4, wall_distance=0.9, num_walls=4),
+]
 
 
 def test_shapes_truncation_and_autoreset() -> None:
@@ -51,7 +53,9 @@ def test_same_seed_same_rollout() -> None:
 
 
 def test_reward_and_cost_formulas() -> None:
-    task = TaskTensors.from_tasks([CircleTask(radius=1.0, wall_distance=0.5, num_walls=4)], torch.float64)
+    task = TaskTensors.from_tasks(
+        [CircleTask(radius=1.0, wall_distance=0.5, num_walls=4)], torch.float64
+    )
     # On the circle, moving counter-clockwise at unit speed: reward = 0.1 * 1 / (1 + 0).
     state = torch.tensor([[[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]]], dtype=torch.float64)
     assert circle_reward(state, task).item() == pytest.approx(0.1)
@@ -73,7 +77,9 @@ def test_invalid_inputs() -> None:
 
 def test_dynamics_are_differentiable_wrt_actions_and_state() -> None:
     task = TaskTensors.from_tasks([CircleTask()], torch.float64)
-    state = torch.tensor([[[0.9, 0.3, 0.4, 0.1, -0.05, 0.2]]], dtype=torch.float64, requires_grad=True)
+    state = torch.tensor(
+        [[[0.9, 0.3, 0.4, 0.1, -0.05, 0.2]]], dtype=torch.float64, requires_grad=True
+    )
     # Actions inside the actuators' force limits, where the dynamics are smooth.
     actions = (0.03 * torch.randn(5, 1, 1, 2, dtype=torch.float64)).requires_grad_()
 
@@ -97,7 +103,6 @@ def test_open_loop_trajectories_track_mujoco() -> None:
     The bounds leave about 2x headroom.
     """
     import mujoco
-
     from stochastic_circle.compat import import_safety_gymnasium
 
     env = import_safety_gymnasium().make("SafetyPointCircle1-v0")
@@ -127,5 +132,7 @@ def test_open_loop_trajectories_track_mujoco() -> None:
                     errors[t].append(float(np.linalg.norm(state[0, 0, :2].numpy() - data.qpos[:2])))
         for horizon, limit in limits.items():
             mean_error = float(np.mean(errors[horizon]))
-            assert mean_error < limit, f"{style}: mean position error {mean_error:.4f} m after {horizon}"
+            assert mean_error < limit, (
+                f"{style}: mean position error {mean_error:.4f} m after {horizon}"
+            )
     env.close()

@@ -31,7 +31,7 @@ Step API: :meth:`MujocoCircleEnv.step` returns the gymnasium 5-tuple
 ``(obs, reward, terminated, truncated, info)`` with the cost in ``info["cost"]``;
 :meth:`MujocoCircleEnv.step_with_cost` returns Safety-Gymnasium's 6-tuple
 ``(obs, reward, cost, terminated, truncated, info)``. Episodes last
-``episode_length`` (500) steps and end with ``truncated=True``; ``terminated`` is
+``episode_steps`` (500) steps and end with ``truncated=True``; ``terminated`` is
 always False (the circle task has no terminal states).
 
 This module imports mujoco but never ``safety_gymnasium`` itself: it only reads
@@ -63,8 +63,8 @@ LIDAR_MAX_DIST: float = 6.0
 REWARD_FACTOR: float = 0.1
 REWARD_CLIP: float = 10.0
 FLOOR_SIZE: tuple[float, float, float] = (3.5, 3.5, 0.1)
-#: (xmin, ymin, xmax, ymax) of the agent's start position; stock uses (-0.8, -0.8, 0.8, 0.8).
-DEFAULT_PLACEMENT_BOX: tuple[float, float, float, float] = (-0.2, -0.2, 0.2, 0.2)
+#: Half-width of the agent's start square, as Meta-CPO; stock uses 0.8.
+DEFAULT_PLACEMENT: float = 0.2
 
 #: Sensor blocks of the observation, in stock order, per robot (see module docstring).
 _SENSOR_NAMES: dict[str, tuple[str, ...]] = {
@@ -157,15 +157,18 @@ def sim_state_of(model: mujoco.MjModel, data: mujoco.MjData) -> dict[str, np.nda
     }
 
 
-def _check_placement_box(box: Sequence[float]) -> tuple[float, float, float, float]:
-    """Validate ``(xmin, ymin, xmax, ymax)`` of the start-position box."""
+def start_box(placement: float | Sequence[float]) -> tuple[float, float, float, float]:
+    """Start-position box ``(xmin, ymin, xmax, ymax)`` from a half-width or an explicit box."""
+    box = (-placement, -placement, placement, placement) if np.isscalar(placement) else placement
     if len(box) != 4:
-        raise ValueError(f"placement_box={box!r} is invalid: expected (xmin, ymin, xmax, ymax)")
+        raise ValueError(
+            f"placement={placement!r} is invalid: expected a half-width or (xmin, ymin, xmax, ymax)"
+        )
     xmin, ymin, xmax, ymax = (float(v) for v in box)
     if not all(math.isfinite(v) and abs(v) < ARENA_HALF_WIDTH for v in (xmin, ymin, xmax, ymax)):
-        raise ValueError(f"placement_box={box!r} is invalid: bounds must lie inside the arena")
+        raise ValueError(f"placement={placement!r} is invalid: bounds must lie inside the arena")
     if xmin > xmax or ymin > ymax:
-        raise ValueError(f"placement_box={box!r} is invalid: need xmin <= xmax and ymin <= ymax")
+        raise ValueError(f"placement={placement!r} is invalid: need xmin <= xmax and ymin <= ymax")
     return xmin, ymin, xmax, ymax
 
 
@@ -175,9 +178,10 @@ class MujocoCircleEnv(gymnasium.Env):
     :param task: the task; default ``CircleTask(robot=robot or "point")``.
     :param robot: optional robot name; must agree with ``task.robot`` when both are given
         (lets ``gymnasium.make`` ids fix the robot).
-    :param placement_box: ``(xmin, ymin, xmax, ymax)`` of the uniform start position;
-        heading is uniform in [0, 2 pi). Stock uses ``(-0.8, -0.8, 0.8, 0.8)``.
-    :param episode_length: steps per episode, after which ``truncated`` is True.
+    :param placement: where the agent starts, uniformly: a half-width ``h`` (the square
+        ``[-h, h]^2``; stock uses 0.8) or a box ``(xmin, ymin, xmax, ymax)``. The
+        heading is uniform in [0, 2 pi).
+    :param episode_steps: steps per episode, after which ``truncated`` is True.
     :param seed: seeds the env's generator at construction, so that even unseeded
         ``reset()`` calls are reproducible; ``reset(seed=...)`` re-seeds.
     :param render_mode: only ``None`` is supported (the model has no rendering assets).
@@ -189,8 +193,8 @@ class MujocoCircleEnv(gymnasium.Env):
         self,
         task: CircleTask | None = None,
         robot: str | None = None,
-        placement_box: Sequence[float] = DEFAULT_PLACEMENT_BOX,
-        episode_length: int = EPISODE_LENGTH,
+        placement: float | Sequence[float] = DEFAULT_PLACEMENT,
+        episode_steps: int = EPISODE_LENGTH,
         seed: int | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -204,10 +208,10 @@ class MujocoCircleEnv(gymnasium.Env):
                 f"robot={robot!r} disagrees with task.robot={task.robot!r}: "
                 f"this env id is for robot {robot!r}"
             )
-        if not (isinstance(episode_length, int) and episode_length > 0):
-            raise ValueError(f"episode_length={episode_length!r} is invalid: must be an int > 0")
-        self.placement_box = _check_placement_box(placement_box)
-        self.episode_length = episode_length
+        if not (isinstance(episode_steps, int) and episode_steps > 0):
+            raise ValueError(f"episode_steps={episode_steps!r} is invalid: must be an int > 0")
+        self.placement_box = start_box(placement)
+        self.episode_steps = episode_steps
         self.render_mode = None
         self.action_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float64)
         self._task = task
@@ -430,7 +434,7 @@ class MujocoCircleEnv(gymnasium.Env):
         :return: ``(obs [obs_dim], reward, cost, terminated, truncated, info)``;
             terminated is always False, truncated True at the episode's last step.
         """
-        if self._elapsed_steps is None or self._elapsed_steps >= self.episode_length:
+        if self._elapsed_steps is None or self._elapsed_steps >= self.episode_steps:
             raise RuntimeError("the episode is over (or never started): call reset() first")
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (2,):
@@ -442,7 +446,7 @@ class MujocoCircleEnv(gymnasium.Env):
         mujoco.mj_forward(self.model, self.data)
         self._elapsed_steps += 1
         reward, cost = self._reward(), self._cost()
-        truncated = self._elapsed_steps >= self.episode_length
+        truncated = self._elapsed_steps >= self.episode_steps
         return self._observation(), reward, cost, False, truncated, {"cost": cost}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -472,7 +476,7 @@ def make_vector_env(
     gymnasium vector envs do. All tasks must share one robot (one obs space).
 
     :param asynchronous: one worker process per task (AsyncVectorEnv) instead of in-process.
-    :param kwargs: passed to :class:`MujocoCircleEnv` (e.g. ``placement_box``).
+    :param kwargs: passed to :class:`MujocoCircleEnv` (e.g. ``placement``).
     """
     tasks = list(tasks)
     if not tasks:

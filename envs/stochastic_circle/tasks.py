@@ -67,7 +67,9 @@ class CircleTask:
                 f"valid range is (0, {ARENA_HALF_WIDTH})"
             )
         if self.num_walls not in NUM_WALLS:
-            raise ValueError(f"num_walls={self.num_walls!r} is invalid: valid choices are {list(NUM_WALLS)}")
+            raise ValueError(
+                f"num_walls={self.num_walls!r} is invalid: valid choices are {list(NUM_WALLS)}"
+            )
         _check_positive("damping_scale", self.damping_scale)
         _check_positive("gear_scale", self.gear_scale)
 

@@ -74,7 +74,9 @@ class TaskTensors:
 
     @staticmethod
     def from_tasks(
-        tasks: list[CircleTask], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+        tasks: list[CircleTask],
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
     ) -> TaskTensors:
         for task in tasks:
             if task.robot != "point":
@@ -290,7 +292,9 @@ class BatchedCircleEnv:
         expected = (self.num_tasks, self.num_envs, ACTION_DIM)
         if tuple(action.shape) != expected:
             raise ValueError(f"action shape {tuple(action.shape)} is invalid: expected {expected}")
-        next_state, accel = physics_step(self.state, action.to(self.dtype), self.task_tensors, self.model)
+        next_state, accel = physics_step(
+            self.state, action.to(self.dtype), self.task_tensors, self.model
+        )
         reward = circle_reward(next_state, self.task_tensors)
         cost = wall_cost(next_state, self.task_tensors)
         obs = observe(next_state, accel)

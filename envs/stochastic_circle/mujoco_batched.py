@@ -1,0 +1,110 @@
+"""The MuJoCo backend behind the batched ``[tasks, envs]`` tensor interface.
+
+:class:`MujocoBatchedEnv` steps ``tasks x envs`` :class:`MujocoCircleEnv` instances
+in-process (on 2 cores a process pool costs more in communication than it saves,
+see ``experiments/bench_envs.py``) and exposes the same API as
+:class:`stochastic_circle.torch_backend.BatchedCircleEnv`, so training code can
+switch backend with one config value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from stochastic_circle.mujoco_backend import MujocoCircleEnv
+from stochastic_circle.tasks import CircleTask
+
+
+class MujocoBatchedEnv:
+    """``len(tasks)`` x ``num_envs`` MuJoCo circle envs with tensor in/out.
+
+    Ended episodes reset automatically; :attr:`final_obs` holds the observation
+    each env ended on. Env ``(t, e)`` is seeded ``seed + t * num_envs + e``.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[CircleTask],
+        num_envs: int,
+        seed: int = 0,
+        placement: float = 0.2,
+        episode_steps: int = 500,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not tasks:
+            raise ValueError("tasks is empty: give at least one CircleTask")
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs} is invalid: must be >= 1")
+        robots = {t.robot for t in tasks}
+        if len(robots) > 1:
+            raise ValueError(f"tasks mix robots {sorted(robots)}: one robot per batched env")
+        self.tasks = list(tasks)
+        self.num_tasks, self.num_envs, self.dtype = len(self.tasks), num_envs, dtype
+        self.seed = seed
+        self.envs = [
+            [
+                MujocoCircleEnv(task, placement=placement, episode_steps=episode_steps)
+                for _ in range(num_envs)
+            ]
+            for task in self.tasks
+        ]
+        self._obs_dim = int(self.envs[0][0].observation_space.shape[0])
+        self.final_obs = torch.zeros(self.num_tasks, num_envs, self._obs_dim, dtype=dtype)
+        self._seeded = False
+
+    @property
+    def obs_dim(self) -> int:
+        return self._obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return 2
+
+    def _tensor(self, array: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=self.dtype)
+
+    def reset(self, seed: int | None = None) -> Tensor:
+        """Reset all envs; the first call seeds them. :return: obs ``[T, E, obs_dim]``."""
+        if seed is None and not self._seeded:
+            seed = self.seed
+        obs = np.empty((self.num_tasks, self.num_envs, self._obs_dim))
+        for t, row in enumerate(self.envs):
+            for e, env in enumerate(row):
+                env_seed = None if seed is None else seed + t * self.num_envs + e
+                obs[t, e], _ = env.reset(seed=env_seed)
+        self._seeded = True
+        return self._tensor(obs)
+
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Step every env. :param action: ``[T, E, 2]``.
+
+        :return: ``obs [T, E, obs_dim]`` (new episode's first obs where one ended),
+            ``reward``, ``cost``, ``terminated``, ``truncated`` each ``[T, E]``.
+        """
+        expected = (self.num_tasks, self.num_envs, 2)
+        if tuple(action.shape) != expected:
+            raise ValueError(f"action shape {tuple(action.shape)} is invalid: expected {expected}")
+        actions = action.detach().cpu().double().numpy()
+        shape = (self.num_tasks, self.num_envs)
+        obs = np.empty((*shape, self._obs_dim))
+        final = np.empty_like(obs)
+        reward, cost = np.empty(shape), np.empty(shape)
+        terminated, truncated = np.zeros(shape, bool), np.zeros(shape, bool)
+        for t, row in enumerate(self.envs):
+            for e, env in enumerate(row):
+                o, r, c, term, trunc, _ = env.step_with_cost(actions[t, e])
+                final[t, e], reward[t, e], cost[t, e] = o, r, c
+                terminated[t, e], truncated[t, e] = term, trunc
+                obs[t, e] = env.reset()[0] if (term or trunc) else o
+        self.final_obs = self._tensor(final)
+        return (
+            self._tensor(obs),
+            self._tensor(reward),
+            self._tensor(cost),
+            torch.as_tensor(terminated),
+            torch.as_tensor(truncated),
+        )

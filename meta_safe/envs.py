@@ -1,0 +1,57 @@
+"""Build a batched ``[tasks, envs]`` environment from the ``env`` config group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stochastic_circle.tasks import CircleTask, TaskDistribution
+
+from meta_safe.rollout import BatchedEnv
+
+BACKENDS: tuple[str, ...] = ("torch", "mujoco")
+
+
+def make_batched_env(
+    env_cfg: Any, tasks: Sequence[CircleTask], num_envs: int, seed: int
+) -> BatchedEnv:
+    """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way."""
+    backend = env_cfg.backend
+    if backend == "torch":
+        from stochastic_circle.torch_backend import BatchedCircleEnv
+
+        return BatchedCircleEnv(
+            list(tasks),
+            num_envs,
+            seed=seed,
+            placement=env_cfg.placement,
+            episode_steps=env_cfg.episode_steps,
+        )
+    if backend == "mujoco":
+        from stochastic_circle.mujoco_batched import MujocoBatchedEnv
+
+        return MujocoBatchedEnv(
+            list(tasks),
+            num_envs,
+            seed=seed,
+            placement=env_cfg.placement,
+            episode_steps=env_cfg.episode_steps,
+        )
+    raise ValueError(f"env.backend={backend!r} is unknown: valid choices are {list(BACKENDS)}")
+
+
+def task_distribution(env_cfg: Any, split: str) -> TaskDistribution:
+    """The ``fixed``, ``meta_train`` or ``held_out`` distribution of the env config."""
+    valid = ("fixed", "meta_train", "held_out")
+    if split not in valid:
+        raise ValueError(f"split={split!r} is unknown: valid choices are {list(valid)}")
+    ranges = env_cfg[split]
+    return TaskDistribution(
+        name=split,
+        robot=env_cfg.robot,
+        num_walls=env_cfg.num_walls,
+        radius=tuple(ranges["radius"]),
+        wall_scale=tuple(ranges["wall_scale"]),
+        damping_scale=tuple(ranges.get("damping_scale", (1.0, 1.0))),
+        gear_scale=tuple(ranges.get("gear_scale", (1.0, 1.0))),
+    )

@@ -1,0 +1,112 @@
+"""Per-task policy data, surrogate objectives and their gradients.
+
+Everything here is a pure function of a parameter dict, so a caller can ask for
+gradients with ``create_graph=True`` and differentiate an inner update again
+(exact MAML meta-gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from meta_safe.advantages import gae
+from meta_safe.policy import GaussianPolicy, Params, ValueCritic, gaussian_kl
+from meta_safe.rollout import Batch
+
+
+@dataclass
+class PolicyData:
+    """One task's on-policy data flattened over envs and steps (constants: no graph).
+
+    :ivar obs: ``[M, obs_dim]`` normalised observations. :ivar actions: ``[M, act_dim]``.
+    :ivar log_probs: ``[M]`` behaviour log-probs. :ivar reward_adv: ``[M]`` (normalised).
+    :ivar cost_adv: ``[M]`` (centred, unscaled: the constraint is linearised in cost units).
+    :ivar episode_return, episode_cost: ``[]`` mean undiscounted per-episode return / cost.
+    :ivar horizon: episode length; ``horizon * mean(ratio * cost_adv)`` approximates the
+        change in per-episode cost (performance-difference lemma, Achiam et al. 2017, eq. 2).
+    """
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    reward_adv: Tensor
+    cost_adv: Tensor
+    episode_return: Tensor
+    episode_cost: Tensor
+    horizon: int
+
+
+@dataclass
+class AdvantageConfig:
+    """Discounts for the two GAE estimators."""
+
+    gamma: float = 0.99
+    lam: float = 0.95
+    cost_gamma: float = 0.99
+    cost_lam: float = 0.95
+
+
+@torch.no_grad()
+def advantages_and_targets(
+    batch: Batch, reward_critic: ValueCritic, cost_critic: ValueCritic, cfg: AdvantageConfig
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Reward/cost GAE and value targets, each ``[T, E, N]``."""
+    values_r, next_r = reward_critic(batch.obs), reward_critic(batch.next_obs)
+    values_c, next_c = cost_critic(batch.obs), cost_critic(batch.next_obs)
+    adv_r, ret_r = gae(
+        batch.rewards, values_r, next_r, batch.terminated, batch.truncated, cfg.gamma, cfg.lam
+    )
+    adv_c, ret_c = gae(
+        batch.costs,
+        values_c,
+        next_c,
+        batch.terminated,
+        batch.truncated,
+        cfg.cost_gamma,
+        cfg.cost_lam,
+    )
+    return adv_r, ret_r, adv_c, ret_c
+
+
+def policy_data(batch: Batch, adv_r: Tensor, adv_c: Tensor, horizon: int) -> list[PolicyData]:
+    """Split a ``[T, E, N]`` batch into per-task :class:`PolicyData`."""
+    tasks = []
+    for t in range(batch.obs.shape[0]):
+        reward_adv = adv_r[t].reshape(-1)
+        cost_adv = adv_c[t].reshape(-1)
+        tasks.append(
+            PolicyData(
+                obs=batch.obs[t].reshape(-1, batch.obs.shape[-1]),
+                actions=batch.actions[t].reshape(-1, batch.actions.shape[-1]),
+                log_probs=batch.log_probs[t].reshape(-1),
+                reward_adv=(reward_adv - reward_adv.mean()) / (reward_adv.std() + 1e-8),
+                cost_adv=cost_adv - cost_adv.mean(),
+                episode_return=batch.episode_return[t],
+                episode_cost=batch.episode_cost[t],
+                horizon=horizon,
+            )
+        )
+    return tasks
+
+
+def surrogates(policy: GaussianPolicy, params: Params, data: PolicyData) -> tuple[Tensor, Tensor]:
+    """Importance-weighted surrogates ``(reward, cost)`` (scalars, differentiable in params).
+
+    The cost surrogate is in per-episode cost units: its gradient at the behaviour
+    policy is ``b``, the linearised constraint's slope.
+    """
+    ratio = torch.exp(policy.log_prob(params, data.obs, data.actions) - data.log_probs)
+    reward = (ratio * data.reward_adv).mean()
+    cost = data.horizon * (ratio * data.cost_adv).mean()
+    return reward, cost
+
+
+def mean_kl(policy: GaussianPolicy, params: Params, reference: Params, obs: Tensor) -> Tensor:
+    """Mean ``KL(pi_reference || pi_params)`` over ``obs [M, obs_dim]``; reference detached."""
+    with torch.no_grad():
+        old_mean, old_std = policy.distribution({k: v.detach() for k, v in reference.items()}, obs)
+    mean, std = policy.distribution(params, obs)
+    return gaussian_kl(old_mean, old_std, mean, std).mean()

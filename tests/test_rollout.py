@@ -1,0 +1,83 @@
+"""The sampler: shapes, exact episode statistics, per-task policies."""
+
+import torch
+from stochastic_circle.tasks import CircleTask
+from stochastic_circle.torch_backend import BatchedCircleEnv
+
+from meta_safe.policy import GaussianPolicy, ObsNormalizer
+from meta_safe.rollout import collect, stack_params
+
+TASKS = [CircleTask(radius=1.2, wall_distance=0.3), CircleTask(radius=1.4, wall_distance=0.9)]
+
+
+def make(episode_steps: int = 20):
+    env = BatchedCircleEnv(TASKS, num_envs=3, seed=0, episode_steps=episode_steps)
+    policy = GaussianPolicy(env.obs_dim, env.action_dim, hidden=(16,), log_std_init=0.5)
+    return env, policy
+
+
+def test_batch_shapes_and_exact_episode_statistics() -> None:
+    env, policy = make()
+    batch = collect(
+        env,
+        policy,
+        policy.init_params(),
+        ObsNormalizer(env.obs_dim),
+        steps=50,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert batch.obs.shape == (2, 3, 50, 28) and batch.actions.shape == (2, 3, 50, 2)
+    assert batch.truncated[..., 19].all() and batch.truncated[..., 39].all()
+    assert batch.episodes.tolist() == [
+        6,
+        6,
+    ]  # 2 full episodes per env; the partial third is excluded
+    expected_return = batch.rewards[..., :40].double().sum((1, 2)) / 6
+    expected_cost = batch.costs[..., :40].double().sum((1, 2)) / 6
+    torch.testing.assert_close(batch.episode_return, expected_return)
+    torch.testing.assert_close(batch.episode_cost, expected_cost)
+    assert not batch.terminated.any()
+    # final observation stored at truncation, not the new episode's first observation
+    assert not torch.equal(batch.next_obs[..., 19, :], batch.obs[..., 20, :])
+    torch.testing.assert_close(batch.next_obs[..., 18, :], batch.obs[..., 19, :])
+
+
+def test_per_task_parameters_are_used_per_task() -> None:
+    env, policy = make()
+    base = policy.init_params()
+    shifted = {k: v.clone() for k, v in base.items()}
+    shifted["log_std"] = shifted["log_std"] - 5.0  # task 1: nearly deterministic
+    params = stack_params([base, shifted])
+    batch = collect(
+        env,
+        policy,
+        params,
+        ObsNormalizer(env.obs_dim),
+        steps=10,
+        generator=torch.Generator().manual_seed(0),
+        per_task=True,
+    )
+    norm = ObsNormalizer(env.obs_dim)
+    mean0, _ = policy.distribution(base, batch.obs[0])
+    mean1, _ = policy.distribution(shifted, batch.obs[1])
+    assert (batch.actions[1] - mean1).abs().max() < 0.05
+    assert (batch.actions[0] - mean0).abs().max() > 0.5
+    assert norm.count == 0
+
+
+def test_same_seed_same_batch() -> None:
+    def run():
+        torch.manual_seed(0)  # same policy initialisation
+        env, policy = make()
+        return collect(
+            env,
+            policy,
+            policy.init_params(),
+            ObsNormalizer(env.obs_dim),
+            steps=30,
+            generator=torch.Generator().manual_seed(3),
+            seed=4,
+        )
+
+    a, b = run(), run()
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.actions, b.actions)
