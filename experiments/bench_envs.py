@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from stochastic_circle.mujoco_backend import EPISODE_LENGTH, MujocoCircleEnv, make_vector_env
 from stochastic_circle.tasks import CircleTask
 
@@ -105,10 +106,15 @@ def bench_torch(episodes: int, num_envs: int, seed: int) -> Result | None:
     """The torch batched backend (auto-resets); None when it is not installed yet."""
     try:
         import torch
+
         from stochastic_circle.torch_backend import BatchedCircleEnv
     except ImportError:
         return None
     env = BatchedCircleEnv([TASK], num_envs=num_envs, seed=seed)
+    # The first step compiles the fused step kernel (torch.compile): construction cost,
+    # like stock's first model build, so it is kept out of the timing.
+    env.reset(seed=seed)
+    env.step(torch.zeros(1, num_envs, 2))
     generator = torch.Generator().manual_seed(seed)
 
     def run() -> int:

@@ -17,6 +17,7 @@ from dataclasses import replace
 import mujoco
 import numpy as np
 import torch
+
 from stochastic_circle.compat import import_safety_gymnasium
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import PointDynamics, TaskTensors, physics_step

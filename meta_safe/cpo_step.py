@@ -338,7 +338,10 @@ def _check_inputs(q: Tensor, r: Tensor, s: Tensor, c: Tensor, delta: Tensor) -> 
     """Raise :class:`CPOSolverError` naming the tasks with unusable inputs."""
     with torch.no_grad():
         bad_finite = ~(
-            torch.isfinite(q) & torch.isfinite(r) & torch.isfinite(s) & torch.isfinite(c)
+            torch.isfinite(q)
+            & torch.isfinite(r)
+            & torch.isfinite(s)
+            & torch.isfinite(c)
             & torch.isfinite(delta)
         )
         # q and s are squared H^-1-norms: negative values mean H^-1 (i.e. CG) is not PD.

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stochastic_circle.tasks import CircleTask, TaskDistribution
-
 from meta_safe.rollout import BatchedEnv
+from stochastic_circle.tasks import CircleTask, TaskDistribution
 
 BACKENDS: tuple[str, ...] = ("torch", "mujoco")
 

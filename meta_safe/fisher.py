@@ -54,13 +54,13 @@ def fisher_vector_product(
     :return: ``[P]`` damped Fisher-vector product.
     """
     names = list(params)
-    tensors = [params[n] if params[n].requires_grad else params[n].detach().requires_grad_()
-               for n in names]
+    tensors = [
+        params[n] if params[n].requires_grad else params[n].detach().requires_grad_() for n in names
+    ]
     expected = sum(t.numel() for t in tensors)
     if vector.dim() != 1 or vector.numel() != expected:
         raise ValueError(
-            f"fisher_vector_product: vector must have shape [{expected}], "
-            f"got {tuple(vector.shape)}"
+            f"fisher_vector_product: vector must have shape [{expected}], got {tuple(vector.shape)}"
         )
     with torch.enable_grad():
         kl = kl_fn(dict(zip(names, tensors, strict=True)))
@@ -69,19 +69,29 @@ def fisher_vector_product(
         # create_graph=True on the first pass is always needed: the second pass
         # differentiates this gradient.
         grads = torch.autograd.grad(kl, tensors, create_graph=True, allow_unused=True)
-        flat_grad = torch.cat([
-            torch.zeros_like(t).reshape(-1) if g is None else g.reshape(-1)
-            for g, t in zip(grads, tensors, strict=True)
-        ])
-        grad_dot_v = torch.dot(flat_grad, vector)
-        if grad_dot_v.requires_grad:
+        flat_grad = torch.cat(
+            [
+                torch.zeros_like(t).reshape(-1) if g is None else g.reshape(-1)
+                for g, t in zip(grads, tensors, strict=True)
+            ]
+        )
+        if flat_grad.requires_grad:
+            # H v as the vector-Jacobian product of the KL gradient with grad_outputs=v,
+            # NOT as d(grad . v)/d theta: when v itself depends on theta (CG directions
+            # built with create_graph=True), the latter would also backpropagate through
+            # v's history (every earlier CG iteration, exponential cost) and add the term
+            # grad_KL^T dv/dtheta, which does not belong to H v. With grad_outputs, v is a
+            # constant of this backward pass, yet the result stays differentiable in v.
             hvp = torch.autograd.grad(
-                grad_dot_v, tensors, create_graph=create_graph, allow_unused=True
+                flat_grad, tensors, grad_outputs=vector, create_graph=create_graph,
+                allow_unused=True,
             )
-            flat_hvp = torch.cat([
-                torch.zeros_like(t).reshape(-1) if h is None else h.reshape(-1)
-                for h, t in zip(hvp, tensors, strict=True)
-            ])
+            flat_hvp = torch.cat(
+                [
+                    torch.zeros_like(t).reshape(-1) if h is None else h.reshape(-1)
+                    for h, t in zip(hvp, tensors, strict=True)
+                ]
+            )
         else:  # KL does not depend on params at all (e.g. constant policy): H = 0
             flat_hvp = torch.zeros_like(vector)
     return flat_hvp + damping * vector

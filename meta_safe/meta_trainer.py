@@ -1,62 +1,50 @@
 """Entry point: ``python -m meta_safe.meta_trainer [hydra overrides]``.
 
-Until the MAML trainer lands, this resolves the configuration, prints it, and
-runs a smoke episode with random actions on a few meta-train tasks of the
-configured backend, printing per-task return and cost.
+Meta-trains on the ``meta_train`` task distribution, then (``evaluate_after``)
+adapts on held-out tasks and prints the results table. Writes into the run
+directory: ``config.yaml``, ``metrics.csv``, ``tensorboard/``, ``checkpoint.pt``
+and ``evaluation.{json,csv,png}``.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
-from stochastic_circle.tasks import TaskDistribution
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from meta_safe.config import validate
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
-def smoke_run(cfg: DictConfig, num_tasks: int = 3) -> list[tuple[float, float, float, float]]:
-    """One random-action episode per sampled meta-train task on the torch backend.
+def run(cfg: DictConfig, run_dir: str) -> None:
+    """Train (or resume), then evaluate on held-out tasks and print the table."""
+    from meta_safe.evaluate import evaluate_trainer
+    from meta_safe.trainer import train
 
-    :return: per task ``(radius, wall_distance, episode_return, episode_cost)``.
-    """
-    from stochastic_circle.torch_backend import BatchedCircleEnv
-
-    env_cfg = cfg.env
-    dist = TaskDistribution(
-        name="meta_train",
-        robot=env_cfg.robot,
-        num_walls=env_cfg.num_walls,
-        **OmegaConf.to_container(env_cfg.meta_train),
-    )
-    tasks = dist.sample(num_tasks, seed=cfg.seed)
-    env = BatchedCircleEnv(
-        tasks,
-        num_envs=1,
-        seed=cfg.seed,
-        placement=env_cfg.placement,
-        episode_steps=env_cfg.episode_steps,
-    )
-    env.reset()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    ret = torch.zeros(num_tasks, 1)
-    cost = torch.zeros(num_tasks, 1)
-    for _ in range(env_cfg.episode_steps):
-        action = torch.rand(num_tasks, 1, 2, generator=gen) * 2 - 1
-        _, r, c, _, _ = env.step(action)
-        ret += r
-        cost += c
-    return [(t.radius, t.wall_distance, float(ret[i]), float(cost[i])) for i, t in enumerate(tasks)]
+    trainer = train(cfg, run_dir)
+    print(f"run directory: {run_dir}")
+    if cfg.evaluate_after:
+        report = evaluate_trainer(trainer, cfg)
+        report.write(Path(run_dir))
+        title = (
+            f"{cfg.meta_optimizer.name} on {cfg.evaluation.tasks} {cfg.evaluation.split} "
+            f"tasks ({cfg.env.backend} backend, cost limit {cfg.env.cost_limit:g})"
+        )
+        print(report.table(title))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    print(OmegaConf.to_yaml(cfg))
-    print("| radius | wall | return | cost |\n|---|---|---|---|")
-    for radius, wall, ret, cost in smoke_run(cfg):
-        print(f"| {radius:.3f} | {wall:.3f} | {ret:.3f} | {cost:.0f} |")
+    try:
+        cfg = validate(cfg)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    run(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -108,23 +108,6 @@ def gaussian_entropy(std: Tensor) -> Tensor:
     return (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
 
 
-class ValueCritic(nn.Module):
-    """State-value MLP ``V(s)``; one for reward, one for cost.
-
-    :param obs_dim: observation size. :param hidden: hidden sizes (Meta-CPO: (128, 128)).
-    """
-
-    def __init__(
-        self, obs_dim: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh"
-    ) -> None:
-        super().__init__()
-        self.net = mlp([obs_dim, *hidden, 1], activation)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        """:param obs: ``[..., obs_dim]``. :return: ``[...]``."""
-        return self.net(obs).squeeze(-1)
-
-
 class ObsNormalizer(nn.Module):
     """Running mean/std observation normaliser (Welford), clipped, freezable.
 

@@ -43,14 +43,17 @@ class BatchedEnv(Protocol):
 class Batch:
     """On-policy data. Observations are already normalised (normaliser frozen).
 
+    :ivar raw_obs: ``[T, E, N, obs_dim]`` observations before normalisation.
     :ivar obs: ``[T, E, N, obs_dim]``. :ivar next_obs: ``[T, E, N, obs_dim]`` (the final
         observation of an episode where it ended, for bootstrapping).
     :ivar actions: ``[T, E, N, act_dim]``. :ivar log_probs: ``[T, E, N]`` behaviour log-probs.
     :ivar rewards, costs: ``[T, E, N]``. :ivar terminated, truncated: ``[T, E, N]`` bool.
+    :ivar timestep: ``[T, E, N]`` long, the step's index within its episode (0-based).
     :ivar episode_return, episode_cost: ``[T]`` mean over completed episodes (NaN if none).
     :ivar episodes: ``[T]`` number of completed episodes per task.
     """
 
+    raw_obs: Tensor
     obs: Tensor
     next_obs: Tensor
     actions: Tensor
@@ -59,6 +62,7 @@ class Batch:
     costs: Tensor
     terminated: Tensor
     truncated: Tensor
+    timestep: Tensor
     episode_return: Tensor
     episode_cost: Tensor
     episodes: Tensor
@@ -121,6 +125,7 @@ def collect(
     store = {
         name: []
         for name in (
+            "raw_obs",
             "obs",
             "next_obs",
             "actions",
@@ -129,6 +134,7 @@ def collect(
             "costs",
             "terminated",
             "truncated",
+            "timestep",
         )
     }
     running_return = torch.zeros(T, E, dtype=torch.float64)
@@ -136,6 +142,7 @@ def collect(
     sum_return = torch.zeros(T, dtype=torch.float64)
     sum_cost = torch.zeros(T, dtype=torch.float64)
     episodes = torch.zeros(T, dtype=torch.long)
+    elapsed = torch.zeros(T, E, dtype=torch.long)
     raw_obs_seen = [raw_obs]
     for _ in range(steps):
         obs = normalizer(raw_obs)
@@ -144,6 +151,7 @@ def collect(
         done = terminated | truncated
         # Where an episode ended, next_raw already starts a new one: keep the final obs.
         final_raw = torch.where(done.unsqueeze(-1), env.final_obs, next_raw)
+        store["raw_obs"].append(raw_obs)
         store["obs"].append(obs)
         store["next_obs"].append(normalizer(final_raw))
         store["actions"].append(actions)
@@ -152,6 +160,8 @@ def collect(
         store["costs"].append(cost)
         store["terminated"].append(terminated)
         store["truncated"].append(truncated)
+        store["timestep"].append(elapsed.clone())
+        elapsed = (elapsed + 1) * ~done
         running_return += reward.double()
         running_cost += cost.double()
         sum_return += (running_return * done).sum(1)

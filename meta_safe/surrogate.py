@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from meta_safe.advantages import gae
-from meta_safe.policy import GaussianPolicy, Params, ValueCritic, gaussian_kl
+from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
 from meta_safe.rollout import Batch
+from meta_safe.value_baseline import discounted_returns, fit_linear_values, predict_values
 
 
 @dataclass
@@ -41,34 +42,37 @@ class PolicyData:
 
 @dataclass
 class AdvantageConfig:
-    """Discounts for the two GAE estimators."""
+    """Discounts for the two GAE estimators (config group key ``advantage``)."""
 
-    gamma: float = 0.99
-    lam: float = 0.95
-    cost_gamma: float = 0.99
-    cost_lam: float = 0.95
+    gamma: float = 0.99  # reward discount
+    lam: float = 0.95  # reward GAE lambda
+    cost_gamma: float = 0.99  # cost discount
+    cost_lam: float = 0.95  # cost GAE lambda
 
 
 @torch.no_grad()
-def advantages_and_targets(
-    batch: Batch, reward_critic: ValueCritic, cost_critic: ValueCritic, cfg: AdvantageConfig
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Reward/cost GAE and value targets, each ``[T, E, N]``."""
-    values_r, next_r = reward_critic(batch.obs), reward_critic(batch.next_obs)
-    values_c, next_c = cost_critic(batch.obs), cost_critic(batch.next_obs)
-    adv_r, ret_r = gae(
-        batch.rewards, values_r, next_r, batch.terminated, batch.truncated, cfg.gamma, cfg.lam
-    )
-    adv_c, ret_c = gae(
-        batch.costs,
-        values_c,
-        next_c,
-        batch.terminated,
-        batch.truncated,
-        cfg.cost_gamma,
-        cfg.cost_lam,
-    )
-    return adv_r, ret_r, adv_c, ret_c
+def advantages(batch: Batch, cfg: AdvantageConfig, horizon: int) -> tuple[Tensor, Tensor]:
+    """Reward and cost GAE ``[T, E, N]``, per-task linear values fitted on ``batch``."""
+    result = []
+    for signal, gamma, lam in (
+        (batch.rewards, cfg.gamma, cfg.lam),
+        (batch.costs, cfg.cost_gamma, cfg.cost_lam),
+    ):
+        targets = discounted_returns(signal, batch.terminated, batch.truncated, gamma)
+        weights = fit_linear_values(batch.obs, batch.timestep, targets, horizon)
+        values = predict_values(weights, batch.obs, batch.timestep, horizon)
+        next_values = predict_values(weights, batch.next_obs, batch.timestep + 1, horizon)
+        adv, _ = gae(
+            signal.double(), values, next_values, batch.terminated, batch.truncated, gamma, lam
+        )
+        result.append(adv.to(batch.rewards.dtype))
+    return result[0], result[1]
+
+
+def prepare(batch: Batch, cfg: AdvantageConfig, horizon: int) -> list[PolicyData]:
+    """Advantages + per-task :class:`PolicyData` from a freshly collected batch."""
+    adv_r, adv_c = advantages(batch, cfg, horizon)
+    return policy_data(batch, adv_r, adv_c, horizon)
 
 
 def policy_data(batch: Batch, adv_r: Tensor, adv_c: Tensor, horizon: int) -> list[PolicyData]:

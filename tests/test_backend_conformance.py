@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from stochastic_circle.mujoco_backend import MujocoCircleEnv
 from stochastic_circle.mujoco_batched import MujocoBatchedEnv
 from stochastic_circle.tasks import CircleTask

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from stochastic_circle import compat
 
 pytestmark = pytest.mark.mujoco

@@ -10,6 +10,7 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
 from stochastic_circle import CircleTask
 from stochastic_circle.mujoco_backend import (
     EPISODE_LENGTH,

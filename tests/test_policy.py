@@ -3,7 +3,7 @@
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, ValueCritic, gaussian_kl
+from meta_safe.policy import GaussianPolicy, ObsNormalizer, gaussian_kl
 
 
 def test_functional_params_and_log_prob_match_torch_distributions() -> None:
@@ -52,7 +52,3 @@ def test_normalizer_running_stats_and_freeze() -> None:
     norm.update(torch.randn(10, 3) + 100)
     torch.testing.assert_close(norm.mean, everything.mean(0))
     assert norm(torch.full((1, 3), 1e6)).max() == norm.clip
-
-
-def test_value_critic_shape() -> None:
-    assert ValueCritic(5)(torch.randn(2, 3, 5)).shape == (2, 3)

@@ -1,11 +1,11 @@
 """The sampler: shapes, exact episode statistics, per-task policies."""
 
 import torch
-from stochastic_circle.tasks import CircleTask
-from stochastic_circle.torch_backend import BatchedCircleEnv
 
 from meta_safe.policy import GaussianPolicy, ObsNormalizer
 from meta_safe.rollout import collect, stack_params
+from stochastic_circle.tasks import CircleTask
+from stochastic_circle.torch_backend import BatchedCircleEnv
 
 TASKS = [CircleTask(radius=1.2, wall_distance=0.3), CircleTask(radius=1.4, wall_distance=0.9)]
 

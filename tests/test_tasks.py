@@ -1,6 +1,7 @@
 """Task parameters and seeded task distributions."""
 
 import pytest
+
 from stochastic_circle.tasks import CircleTask, TaskDistribution, reference_distribution
 
 

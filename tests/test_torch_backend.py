@@ -5,13 +5,18 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import (
     EPISODE_STEPS,
     OBS_DIM,
     BatchedCircleEnv,
+    PointDynamics,
     TaskTensors,
     circle_reward,
+    clocked_env_step,
+    env_step,
+    fast_env_step,
     physics_step,
     wall_cost,
 )
@@ -93,6 +98,74 @@ def test_dynamics_are_differentiable_wrt_actions_and_state() -> None:
     assert torch.autograd.gradcheck(total_reward, (state, actions), eps=1e-6, atol=1e-5)
 
 
+def random_states(gen: torch.Generator, shape: tuple[int, int]) -> torch.Tensor:
+    """Positions inside and outside the walls, any heading, fast and slow motion."""
+    u = torch.rand(*shape, 6, generator=gen) * 2 - 1
+    scale = torch.tensor([2.0, 2.0, 4 * math.pi, 1.5, 1.5, 8.0])
+    return u * scale
+
+
+def test_fast_step_equals_eager_reference() -> None:
+    """Compiled step == eager physics_step/observe/reward/cost up to float32 rounding."""
+    tasks = [
+        CircleTask(radius=1.2, wall_distance=0.8, damping_scale=0.7, gear_scale=1.3),
+        CircleTask(radius=1.5, wall_distance=1.1, num_walls=4, damping_scale=1.4, gear_scale=0.8),
+        CircleTask(),
+    ]
+    task = TaskTensors.from_tasks(tasks)
+    env_task = TaskTensors(
+        *(t.expand(3, 64).contiguous() for t in vars(task).values())  # per-env layout
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        state = random_states(gen, (3, 64))
+        # actions in [-2, 2]: outside the ctrl range, the force limits and inside (smooth)
+        action = (torch.rand(3, 64, 2, generator=gen) * 4 - 2) * torch.rand(3, 64, 1, generator=gen)
+        elapsed = torch.randint(0, 500, (3, 64), generator=gen)
+        ref_state, ref_accel = physics_step(state, action, task)
+        ref_obs = env_step(state, action, task)[1]
+        fast = fast_env_step(state, action, elapsed, 500, env_task, PointDynamics())
+        next_state, obs, reward, cost, new_elapsed, terminated, truncated = fast
+        tol = {"rtol": 1e-6, "atol": 1e-6}
+        torch.testing.assert_close(next_state, ref_state, **tol)
+        # the accelerometer is a velocity difference / dt: its rounding is 1 / dt larger
+        torch.testing.assert_close(obs[..., :2] * 0.002, ref_accel * 0.002, **tol)
+        torch.testing.assert_close(obs[..., 2:12], ref_obs[..., 2:12], **tol)
+        # lidar aliasing uses the angle in bin units (up to 16): 16x the rounding of an angle
+        torch.testing.assert_close(obs[..., 12:], ref_obs[..., 12:], rtol=0, atol=1e-5)
+        torch.testing.assert_close(reward, circle_reward(ref_state, task), **tol)
+        assert torch.equal(cost, wall_cost(ref_state, task)) or (
+            # a position within rounding of a wall may flip the 0/1 cost
+            (cost != wall_cost(ref_state, task)).sum() <= 1
+        )
+        assert torch.equal(new_elapsed, elapsed + 1)
+        assert torch.equal(truncated, elapsed + 1 >= 500) and not terminated.any()
+    eager = clocked_env_step(state, action, elapsed, 500, env_task, PointDynamics())
+    for a, b in zip(fast, eager, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+
+
+def test_fast_env_trajectories_equal_eager_env() -> None:
+    """Whole episodes incl. auto-reset: fast and eager envs agree step by step."""
+
+    def rollout(fast: bool) -> list[torch.Tensor]:
+        env = BatchedCircleEnv(TASKS, num_envs=4, seed=3, episode_steps=60, fast=fast)
+        out = [env.reset()]
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(130):
+            action = torch.rand(2, 4, 2, generator=gen) * 2 - 1
+            obs, reward, cost, terminated, truncated = env.step(action)
+            out += [obs, reward, cost, terminated, truncated, env.final_obs, env.state]
+        return out
+
+    for a, b in zip(rollout(True), rollout(False), strict=True):
+        assert a.dtype == b.dtype
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        else:
+            assert torch.equal(a, b)
+
+
 @pytest.mark.mujoco
 def test_open_loop_trajectories_track_mujoco() -> None:
     """Same start state and random action sequence: torch vs the stock MuJoCo Point physics.
@@ -103,6 +176,7 @@ def test_open_loop_trajectories_track_mujoco() -> None:
     The bounds leave about 2x headroom.
     """
     import mujoco
+
     from stochastic_circle.compat import import_safety_gymnasium
 
     env = import_safety_gymnasium().make("SafetyPointCircle1-v0")
@@ -136,3 +210,20 @@ def test_open_loop_trajectories_track_mujoco() -> None:
                 f"{style}: mean position error {mean_error:.4f} m after {horizon}"
             )
     env.close()
+
+
+def test_fast_step_falls_back_to_eager_when_compile_fails(monkeypatch) -> None:
+    from stochastic_circle.torch_backend import FastEnvStep
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    step = FastEnvStep()
+    task = TaskTensors.from_tasks([CircleTask()])
+    state, action, elapsed = torch.zeros(1, 2, 6), torch.ones(1, 2, 2), torch.zeros(1, 2).long()
+    with pytest.warns(RuntimeWarning, match="RuntimeError: no compiler$"):
+        out = step(state, action, elapsed, 500, task, PointDynamics())
+    assert not step.enabled
+    expected = clocked_env_step(state, action, elapsed, 500, task, PointDynamics())
+    assert all(torch.equal(a, b) for a, b in zip(out, expected, strict=True))

@@ -1,0 +1,149 @@
+"""MAML through constrained inner updates (Finn et al. 2017; Meta-CPO, Cho & Sun 2024).
+
+One meta-iteration, top to bottom:
+
+1. sample tasks; start every task from the meta-parameters ``theta_0``;
+2. K times: collect a fresh batch per task with the current adapted policies, and
+   apply the inner rule (kept in the autograd graph unless first-order);
+3. collect the post-adaptation batch;
+4. meta-objective per task: reward surrogate ``L_R`` and cost surrogate ``L_C`` of
+   the adapted policy on post-adaptation data, constraint margin ``c = J_C - d``;
+5. exact meta-gradients ``g = d mean(L_R) / d theta_0`` and ``b = d mean(L_C) / d theta_0``
+   through all K inner steps (``torch.autograd`` on the inner graph);
+6. outer step on ``theta_0``: the CPO step with the Fisher of the *pre-adaptation*
+   policy (REFERENCE_NOTES section 8: the convex layer can be differentiated once,
+   so the trust region is taken on the pre-adaptation policy);
+7. learnable rules: one step of their own optimiser on
+   ``-(mean L_R - mu * mean max(0, c + L_C))``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from meta_safe.cpo_step import cpo_step
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, natural_directions
+from meta_safe.param_utils import flat_concat, unflatten_like
+from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rollout import Batch, BatchedEnv, collect, stack_params
+from meta_safe.surrogate import AdvantageConfig, PolicyData, prepare, surrogates
+
+
+@dataclass
+class AdaptationResult:
+    """What one adaptation of a batch of tasks produced.
+
+    :ivar adapted: per-task parameters after the last inner step (in the graph).
+    :ivar batches: the K + 1 batches collected (inner steps, then post-adaptation).
+    :ivar metrics: per inner step, the rule's metrics ``[T]``.
+    :ivar times: seconds spent sampling and in inner updates.
+    """
+
+    adapted: list[Params]
+    batches: list[Batch]
+    data: list[list[PolicyData]]
+    metrics: list[dict[str, Tensor]]
+    times: dict[str, float] = field(default_factory=dict)
+
+
+def adapt(
+    policy: GaussianPolicy,
+    meta_params: Params,
+    rule: MetaOptimizer,
+    env: BatchedEnv,
+    normalizer: ObsNormalizer,
+    inner_steps: int,
+    steps_per_env: int,
+    ctx: InnerContext,
+    adv_cfg: AdvantageConfig,
+    generator: torch.Generator,
+    seed: int,
+    horizon: int,
+    on_batch: Callable[[int, Batch], None] | None = None,
+) -> AdaptationResult:
+    """Adapt ``meta_params`` to every task of ``env`` with K inner steps on fresh data.
+
+    :param seed: env seed of the first collection (collection ``k`` uses ``seed + k``).
+    :param on_batch: called with ``(k, batch)`` after each collection (logging).
+    """
+    num_tasks = env.num_tasks
+    params = [dict(meta_params) for _ in range(num_tasks)]
+    state = rule.init_state(num_tasks, dtype=next(iter(meta_params.values())).dtype)
+    batches, datas, metrics = [], [], []
+    times = {"sampling": 0.0, "inner_update": 0.0}
+    for k in range(inner_steps + 1):
+        start = time.perf_counter()
+        behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+        batch = collect(
+            env,
+            policy,
+            behaviour,
+            normalizer,
+            steps_per_env,
+            generator,
+            per_task=True,
+            seed=seed + k,
+        )
+        data = prepare(batch, adv_cfg, horizon)
+        times["sampling"] += time.perf_counter() - start
+        batches.append(batch)
+        datas.append(data)
+        if on_batch is not None:
+            on_batch(k, batch)
+        if k == inner_steps:
+            break
+        start = time.perf_counter()
+        params, state, step_metrics = rule.step(policy, params, state, data, ctx)
+        metrics.append(step_metrics)
+        times["inner_update"] += time.perf_counter() - start
+    return AdaptationResult(params, batches, datas, metrics, times)
+
+
+def meta_objectives(
+    policy: GaussianPolicy, adapted: list[Params], post: list[PolicyData]
+) -> tuple[Tensor, Tensor]:
+    """Post-adaptation surrogates ``(L_R [T], L_C [T])``, differentiable to ``theta_0``."""
+    rewards, costs = zip(
+        *(surrogates(policy, p, d) for p, d in zip(adapted, post, strict=True)), strict=True
+    )
+    return torch.stack(rewards), torch.stack(costs)
+
+
+def outer_cpo_step(
+    policy: GaussianPolicy,
+    meta_params: Params,
+    pre_data: list[PolicyData],
+    g: Tensor,
+    b: Tensor,
+    margin: Tensor,
+    trust_radius: float,
+    damping: float,
+    cg_iters: int,
+) -> tuple[Params, dict[str, Tensor]]:
+    """CPO step on ``theta_0`` (closed form) with the pre-adaptation Fisher.
+
+    :param g, b: ``[P]`` meta-gradients of the mean reward and cost surrogates.
+    :param margin: ``[]`` mean post-adaptation ``J_C - d`` over tasks.
+    """
+    detached = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
+    merged = PolicyData(
+        obs=torch.cat([d.obs for d in pre_data]),
+        actions=torch.cat([d.actions for d in pre_data]),
+        log_probs=torch.cat([d.log_probs for d in pre_data]),
+        reward_adv=torch.cat([d.reward_adv for d in pre_data]),
+        cost_adv=torch.cat([d.cost_adv for d in pre_data]),
+        episode_return=torch.stack([d.episode_return for d in pre_data]).mean(),
+        episode_cost=torch.stack([d.episode_cost for d in pre_data]).mean(),
+        horizon=pre_data[0].horizon,
+    )
+    hg, hb = natural_directions(
+        policy, detached, merged, [g, b], damping, cg_iters, create_graph=False
+    )
+    step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
+    new = unflatten_like(flat_concat(detached).detach() + step.detach(), meta_params)
+    return new, {k: v.detach() for k, v in info.items()}

@@ -1,0 +1,120 @@
+"""The one inner-update interface and the gradient tools every rule shares.
+
+An inner update is a pure function of ``(params, state, data)``::
+
+    new_params, new_state, metrics = rule.step(policy, params, state, data, ctx)
+
+with one parameter dict per task. It never mutates its inputs, so the outer loop
+can differentiate ``new_params`` with respect to the meta-parameters (the initial
+policy and, for learned rules, the rule's own ``nn.Parameter`` s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from meta_safe.fisher import conjugate_gradient, fisher_vector_product
+from meta_safe.param_utils import flat_concat, unflatten_like
+from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
+from meta_safe.surrogate import PolicyData, surrogates
+
+State = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class InnerContext:
+    """What an inner step needs besides parameters and data.
+
+    :param cost_limit: per-episode cost limit ``d``.
+    :param create_graph: keep the graph for second-order meta-gradients (False: first order).
+    """
+
+    cost_limit: float
+    create_graph: bool = True
+
+
+class MetaOptimizer(nn.Module):
+    """Base class of inner update rules; learnable rules register ``nn.Parameter`` s."""
+
+    #: Whether the rule has meta-parameters of its own (updated by the outer optimiser).
+    learnable: bool = False
+
+    def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
+        """Optimizer state at the start of an adaptation (e.g. multipliers), per task."""
+        return {}
+
+    def step(
+        self,
+        policy: GaussianPolicy,
+        params: list[Params],
+        state: State,
+        data: list[PolicyData],
+        ctx: InnerContext,
+    ) -> tuple[list[Params], State, dict[str, Tensor]]:
+        """One inner update for every task. :return: new params, new state, metrics ``[T]``."""
+        raise NotImplementedError
+
+
+def task_gradients(
+    policy: GaussianPolicy, params: Params, data: PolicyData, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """Flat gradients ``(g, b)`` ``[P]`` of the reward and cost surrogates at ``params``."""
+    reward, cost = surrogates(policy, params, data)
+    values = list(params.values())
+    g = torch.autograd.grad(reward, values, create_graph=create_graph, retain_graph=True)
+    b = torch.autograd.grad(cost, values, create_graph=create_graph)
+    return flat_concat(dict(zip(params, g, strict=True))), flat_concat(
+        dict(zip(params, b, strict=True))
+    )
+
+
+def natural_directions(
+    policy: GaussianPolicy,
+    params: Params,
+    data: PolicyData,
+    vectors: list[Tensor],
+    damping: float,
+    cg_iters: int,
+    create_graph: bool,
+) -> list[Tensor]:
+    """``H^-1 v`` for each ``v`` ``[P]``; ``H`` is the Fisher of the policy at ``params``.
+
+    ``H(theta)`` is the Hessian in ``p`` of ``KL(pi_theta || pi_p)`` at ``p = theta``, so it
+    depends on ``theta`` through *both* arguments. With ``create_graph`` the reference stays
+    in the graph and the Hessian is taken at a fresh node ``point`` (same values): autograd
+    w.r.t. ``point`` gives ``H``, and the meta-gradient sees all of ``H``'s dependence on
+    ``theta`` (a detached reference drops part of it; checked against finite differences
+    in ``tests/test_meta_optimizers.py``).
+    """
+    if create_graph:
+        point = {k: v.view_as(v) for k, v in params.items()}
+        old_mean, old_std = policy.distribution(params, data.obs)
+    else:
+        point = params
+        with torch.no_grad():
+            old_mean, old_std = policy.distribution(
+                {k: v.detach() for k, v in params.items()}, data.obs
+            )
+
+    def kl_fn(p: Params) -> Tensor:
+        mean, std = policy.distribution(p, data.obs)
+        return gaussian_kl(old_mean, old_std, mean, std).mean()
+
+    def matvec(v: Tensor) -> Tensor:
+        return fisher_vector_product(kl_fn, point, v, damping, create_graph=create_graph)
+
+    return [conjugate_gradient(matvec, v, iters=cg_iters) for v in vectors]
+
+
+def add_flat(params: Params, flat_step: Tensor) -> Params:
+    """A new dict ``params + step`` (``flat_step [P]``); the inputs are not modified."""
+    step = unflatten_like(flat_step, params)
+    return {k: v + step[k] for k, v in params.items()}
+
+
+def constraint_margin(data: list[PolicyData], cost_limit: float) -> Tensor:
+    """``J_C - d`` per task ``[T]`` (``> 0``: violating), from the batch's episode costs."""
+    return torch.stack([d.episode_cost.detach() for d in data]).float() - cost_limit

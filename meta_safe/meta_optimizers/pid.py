@@ -1,0 +1,162 @@
+"""PID-Lagrangian inner step with learnable gains (Stooke, Achiam, Abbeel 2020, algorithm 2).
+
+Per task, with ``v = J_C - d`` the constraint violation of the current batch (cost units,
+``> 0``: violating) the multiplier is the *output* of a PID controller (the positional
+form of Stooke et al., section 4, not a velocity form that integrates ``lambda``)::
+
+    I      <- max(I + v, 0)                                    (integral, anti-windup)
+    lambda  = max(lambda_init + K_P v + K_I I + K_D (v - v_prev), 0)
+    theta'  = theta + eta_R g_hat - lambda eta_C b_hat
+
+``g_hat, b_hat`` are the reward and cost surrogate gradients, each divided by its own
+root-mean-square over coordinates (see :func:`rms_normalize`). ``K_P, K_I, K_D, eta_R,
+eta_C`` are meta-parameters (``softplus`` of unconstrained ``nn.Parameter`` s, so they
+stay positive while the outer optimiser moves them freely).
+
+Differences from Stooke et al. worth knowing: the integral is kept in violation units and
+multiplied by ``K_I`` when read (equal to their ``I <- (I + K_I v)_+`` for a fixed
+``K_I > 0``, but keeps the state free of the meta-parameters); ``lambda_init`` plays the
+role of the integral's initial value; ``v_prev`` starts at 0, so the first derivative
+term is ``K_D v`` (their ``J_C,prev`` also starts at 0); the derivative term is not
+projected to ``>= 0``. The multiplier is updated *before* the primal step, so a step
+always reacts to the cost measured on the batch it uses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from meta_safe.meta_optimizers.base import (
+    InnerContext,
+    MetaOptimizer,
+    State,
+    add_flat,
+    constraint_margin,
+    task_gradients,
+)
+from meta_safe.policy import GaussianPolicy, Params
+from meta_safe.surrogate import PolicyData
+
+#: Added under the square root of the RMS: keeps the normalisation smooth (and finite
+#: to differentiate) at a vanishing gradient, where the normalised step then vanishes too.
+RMS_EPS = 1e-12
+
+
+def rms_normalize(v: Tensor, eps: float = RMS_EPS) -> Tensor:
+    """``v / sqrt(mean(v^2) + eps)`` over the last dimension ``[..., P]``.
+
+    RMS rather than the Euclidean norm: each coordinate then moves by about ``eta`` per
+    step whatever ``P`` is (the step-size semantics of Adam), so one learning rate suits
+    policies of different widths, and reward and cost gradients (whose raw scales differ
+    by the horizon and advantage normalisation) enter with equal weight, leaving the
+    trade-off to ``lambda``. The scale is *not* detached: the meta-gradient is exact for
+    the function computed, including the normalisation's dependence on ``theta``.
+    """
+    return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def inverse_softplus(x: float) -> float:
+    """``y`` with ``softplus(y) = x`` (``x > 0``), numerically safe for large ``x``."""
+    return x + math.log(-math.expm1(-x))
+
+
+class PIDLagrangianUpdate(MetaOptimizer):
+    """PID-Lagrangian inner step; gains and step sizes are learned in the outer loop.
+
+    :param k_p: initial proportional gain ``K_P > 0`` (multiplier per unit of violation).
+    :param k_i: initial integral gain ``K_I > 0``.
+    :param k_d: initial derivative gain ``K_D > 0``.
+    :param eta_reward: initial reward step size ``eta_R > 0`` (per-coordinate RMS units).
+    :param eta_cost: initial cost step size ``eta_C > 0`` (per-coordinate RMS units).
+    :param lambda_init: multiplier offset ``>= 0`` (initial value of the integral term).
+    :param normalize: divide ``g`` and ``b`` by their RMS (False: raw surrogate gradients).
+    """
+
+    learnable = True
+
+    def __init__(
+        self,
+        k_p: float = 0.1,
+        k_i: float = 0.01,
+        k_d: float = 0.01,
+        eta_reward: float = 0.01,
+        eta_cost: float = 0.01,
+        lambda_init: float = 0.0,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        gains = {"k_p": k_p, "k_i": k_i, "k_d": k_d, "eta_reward": eta_reward, "eta_cost": eta_cost}
+        for name, value in gains.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value} is invalid: must be finite and > 0")
+        if not (math.isfinite(lambda_init) and lambda_init >= 0):
+            raise ValueError(f"lambda_init={lambda_init} is invalid: must be finite and >= 0")
+        # softplus(raw) = value: gradient steps on raw can never make a gain negative.
+        self.raw_k_p = nn.Parameter(torch.tensor(inverse_softplus(k_p)))
+        self.raw_k_i = nn.Parameter(torch.tensor(inverse_softplus(k_i)))
+        self.raw_k_d = nn.Parameter(torch.tensor(inverse_softplus(k_d)))
+        self.raw_eta_reward = nn.Parameter(torch.tensor(inverse_softplus(eta_reward)))
+        self.raw_eta_cost = nn.Parameter(torch.tensor(inverse_softplus(eta_cost)))
+        self.lambda_init = float(lambda_init)
+        self.normalize = bool(normalize)
+
+    def gains(self) -> dict[str, Tensor]:
+        """Current positive gains and step sizes (scalars, differentiable)."""
+        return {
+            "k_p": F.softplus(self.raw_k_p),
+            "k_i": F.softplus(self.raw_k_i),
+            "k_d": F.softplus(self.raw_k_d),
+            "eta_reward": F.softplus(self.raw_eta_reward),
+            "eta_cost": F.softplus(self.raw_eta_cost),
+        }
+
+    def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
+        """``lambda``, ``integral``, ``prev_violation``: each ``[T]``."""
+        return {
+            "lambda": torch.full((num_tasks,), self.lambda_init, dtype=dtype),
+            "integral": torch.zeros(num_tasks, dtype=dtype),
+            "prev_violation": torch.zeros(num_tasks, dtype=dtype),
+        }
+
+    def step(
+        self,
+        policy: GaussianPolicy,
+        params: list[Params],
+        state: State,
+        data: list[PolicyData],
+        ctx: InnerContext,
+    ) -> tuple[list[Params], State, dict[str, Tensor]]:
+        grads = [
+            task_gradients(policy, p, d, ctx.create_graph)
+            for p, d in zip(params, data, strict=True)
+        ]
+        g = torch.stack([gb[0] for gb in grads])  # [T, P]
+        b = torch.stack([gb[1] for gb in grads])
+        dtype = g.dtype
+        gains = {k: v.to(dtype) for k, v in self.gains().items()}
+        # v, the integral and v_prev are measurements (constants); gradients reach the
+        # gains through lambda and the step, and theta through g_hat, b_hat.
+        violation = constraint_margin(data, ctx.cost_limit).to(dtype)  # [T]
+        integral = (state["integral"].to(dtype) + violation).clamp_min(0.0)
+        derivative = violation - state["prev_violation"].to(dtype)
+        lam = (
+            self.lambda_init
+            + gains["k_p"] * violation
+            + gains["k_i"] * integral
+            + gains["k_d"] * derivative
+        ).clamp_min(0.0)
+        if self.normalize:
+            g, b = rms_normalize(g), rms_normalize(b)
+        steps = gains["eta_reward"] * g - (lam * gains["eta_cost"]).unsqueeze(-1) * b
+        new_params = [add_flat(p, s) for p, s in zip(params, steps, strict=True)]
+        new_state = {"lambda": lam, "integral": integral, "prev_violation": violation}
+        metrics = {
+            "lambda": lam.detach(),
+            "violation": violation.detach(),
+            "step_norm": steps.detach().norm(dim=-1),
+        }
+        return new_params, new_state, metrics

@@ -1,0 +1,398 @@
+"""Every inner update rule: exact meta-gradients (finite differences), purity, learning.
+
+A tiny float64 problem: ``GaussianPolicy(3, 2, hidden=(4,))`` (``P = 28``), two tasks,
+synthetic :class:`PolicyData`. Task 0 violates the cost limit (CPO active case), task 1
+is safe (inactive). ``K = 2`` inner steps; step 2 reuses the step-1 samples with
+behaviour log-probs of the step-1 adapted policy, as fresh on-policy data would have.
+All data (including those log-probs) are computed once at the nominal parameters and
+then held fixed, so finite differences and autograd differentiate the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+from torch import Tensor
+
+from meta_safe.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, task_gradients
+from meta_safe.meta_optimizers.cpo_layer import CPOLayerUpdate
+from meta_safe.meta_optimizers.lagrangian import LagrangianUpdate
+from meta_safe.meta_optimizers.lstm import LSTMUpdate, log_sign_preprocess
+from meta_safe.meta_optimizers.pid import PIDLagrangianUpdate
+from meta_safe.meta_optimizers.trpo import TRPOUpdate
+from meta_safe.param_utils import flat_concat, unflatten_like
+from meta_safe.policy import GaussianPolicy, Params
+from meta_safe.surrogate import PolicyData, surrogates
+
+DTYPE = torch.float64
+NUM_TASKS, NUM_SAMPLES, HORIZON, INNER_STEPS = 2, 64, 10, 2
+COST_LIMIT = 1.0
+#: Task 0: J_C - d = 0.2, inside CPO's feasible-but-active band (0 < c < sqrt(2 delta s)
+#: ~ 0.4); task 1: J_C - d = -1, far inside the inactive case.
+EPISODE_COSTS = (1.2, 0.0)
+#: Weight of the cost surrogate in the outer objective.
+COST_WEIGHT = 0.1
+FD_EPS = 1e-6
+FD_DIRECTIONS = 4
+
+#: ``cg_iters=5``: with ``P = 28`` conjugate gradient would otherwise run into its
+#: round-off tail (residual ~1e-6 relative), where the iterates, though differentiable,
+#: vary too fast for finite differences at ``FD_EPS``; real policies (P ~ 1e3) stop earlier.
+RULES: dict[str, Callable[[], MetaOptimizer]] = {
+    "cpo_closed_form": lambda: CPOLayerUpdate(solver="closed_form", cg_iters=5),
+    "cpo_cvxpylayers": lambda: CPOLayerUpdate(solver="cvxpylayers", cg_iters=5),
+    "trpo": lambda: TRPOUpdate(cg_iters=5),
+    "lagrangian": lambda: LagrangianUpdate(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
+    # Larger step sizes than the defaults so the adaptation visibly moves the policy.
+    "pid": lambda: PIDLagrangianUpdate(k_p=0.5, k_i=0.2, k_d=0.1, eta_reward=0.05, eta_cost=0.05),
+    "lstm": lambda: LSTMUpdate(
+        hidden_size=8, output_scale=0.05, eta_reward=0.05, eta_cost=0.05, eta_lambda=0.5
+    ),
+}
+LEARNABLE = ("pid", "lstm")
+#: Relative tolerance of the finite-difference checks (the convex layer's conic solver
+#: is accurate to ~1e-8, not to machine precision).
+FD_RTOL = {"cpo_cvxpylayers": 1e-3}
+
+
+def make_rule(name: str) -> MetaOptimizer:
+    torch.manual_seed(0)
+    return RULES[name]().to(DTYPE)
+
+
+@dataclass
+class Problem:
+    """Policy, initial parameters and fixed per-step / post-adaptation data."""
+
+    policy: GaussianPolicy
+    theta0: Params
+    inner_data: list[list[PolicyData]]  # [K][T]
+    post_data: list[PolicyData]  # [T]
+
+
+def _samples(
+    policy: GaussianPolicy, params: Params, gen: torch.Generator, episode_cost: float
+) -> PolicyData:
+    obs = torch.randn(NUM_SAMPLES, 3, generator=gen, dtype=DTYPE)
+    actions = 0.6 * torch.randn(NUM_SAMPLES, 2, generator=gen, dtype=DTYPE)
+    reward_adv = torch.randn(NUM_SAMPLES, generator=gen, dtype=DTYPE)
+    cost_adv = torch.randn(NUM_SAMPLES, generator=gen, dtype=DTYPE)
+    return PolicyData(
+        obs=obs,
+        actions=actions,
+        log_probs=policy.log_prob(params, obs, actions).detach(),
+        reward_adv=(reward_adv - reward_adv.mean()) / reward_adv.std(),
+        cost_adv=cost_adv - cost_adv.mean(),
+        episode_return=torch.zeros((), dtype=DTYPE),
+        episode_cost=torch.tensor(episode_cost, dtype=DTYPE),
+        horizon=HORIZON,
+    )
+
+
+def _refresh(policy: GaussianPolicy, params: Params, data: PolicyData) -> PolicyData:
+    """The same samples with behaviour log-probs of ``params`` (mimics fresh data)."""
+    log_probs = policy.log_prob({k: v.detach() for k, v in params.items()}, data.obs, data.actions)
+    return replace(data, log_probs=log_probs.detach())
+
+
+def make_problem(
+    rule: MetaOptimizer, episode_costs: tuple[float, ...] = EPISODE_COSTS, seed: int = 1
+) -> Problem:
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=3, act_dim=2, hidden=(4,)).to(DTYPE)
+    theta0 = {k: v.to(DTYPE).requires_grad_() for k, v in policy.init_params().items()}
+    gen = torch.Generator().manual_seed(seed)
+    first = [_samples(policy, theta0, gen, cost) for cost in episode_costs]
+    post_samples = [_samples(policy, theta0, gen, cost) for cost in episode_costs]
+    # Nominal adaptation, only to fix the behaviour log-probs of later batches.
+    ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
+    params = [dict(theta0) for _ in episode_costs]
+    state = rule.init_state(len(episode_costs), DTYPE)
+    inner_data = [first]
+    for k in range(INNER_STEPS):
+        params, state, _ = rule.step(policy, params, state, inner_data[k], ctx)
+        if k + 1 < INNER_STEPS:
+            inner_data.append([_refresh(policy, p, d) for p, d in zip(params, first, strict=True)])
+    post = [_refresh(policy, p, d) for p, d in zip(params, post_samples, strict=True)]
+    return Problem(policy, {k: v.detach() for k, v in theta0.items()}, inner_data, post)
+
+
+def adapt(
+    rule: MetaOptimizer, problem: Problem, theta0: Params, create_graph: bool = True
+) -> tuple[list[Params], dict[str, Tensor], list[dict[str, Tensor]]]:
+    """``INNER_STEPS`` inner updates from ``theta0``: adapted params, final state, metrics."""
+    ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=create_graph)
+    if not any(v.requires_grad for v in theta0.values()):  # task_gradients needs a graph
+        theta0 = {k: v.detach().requires_grad_() for k, v in theta0.items()}
+    params = [dict(theta0) for _ in range(NUM_TASKS)]
+    state = rule.init_state(NUM_TASKS, DTYPE)
+    metrics = []
+    for data in problem.inner_data:
+        params, state, step_metrics = rule.step(problem.policy, params, state, data, ctx)
+        metrics.append(step_metrics)
+    return params, state, metrics
+
+
+def outer_objective(
+    rule: MetaOptimizer, problem: Problem, theta0_flat: Tensor, create_graph: bool = True
+) -> Tensor:
+    """Sum over tasks of ``reward - COST_WEIGHT * cost`` surrogates after adaptation."""
+    if not theta0_flat.requires_grad:  # task_gradients needs a graph to differentiate
+        theta0_flat = theta0_flat.detach().requires_grad_()
+    theta0 = unflatten_like(theta0_flat, problem.theta0)
+    params, _, _ = adapt(rule, problem, theta0, create_graph)
+    total = torch.zeros((), dtype=DTYPE)
+    for p, d in zip(params, problem.post_data, strict=True):
+        reward, cost = surrogates(problem.policy, p, d)
+        total = total + reward - COST_WEIGHT * cost
+    return total
+
+
+def _relative_error(a: Tensor, b: Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+# ---------------------------------------------------------------------------------------
+# (a) meta-gradient w.r.t. the initial policy parameters
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_meta_gradient_matches_finite_differences(name: str) -> None:
+    rule = make_rule(name)
+    problem = make_problem(rule)
+    theta0_flat = flat_concat(problem.theta0).clone().requires_grad_()
+    objective = outer_objective(rule, problem, theta0_flat)
+    (grad,) = torch.autograd.grad(objective, theta0_flat)
+
+    # Directional derivatives along random directions (full coordinate-wise differences
+    # cost 2P evaluations; a few directions test every coordinate's contribution).
+    gen = torch.Generator().manual_seed(3)
+    directions = torch.randn(FD_DIRECTIONS, grad.numel(), generator=gen, dtype=DTYPE)
+    base = theta0_flat.detach()
+    fd = torch.stack(
+        [
+            (
+                outer_objective(rule, problem, base + FD_EPS * u, create_graph=False)
+                - outer_objective(rule, problem, base - FD_EPS * u, create_graph=False)
+            ).detach()
+            / (2 * FD_EPS)
+            for u in directions
+        ]
+    )
+    analytic = directions @ grad
+    error = _relative_error(analytic, fd)
+    assert grad.norm() > 1e-6
+    assert error < FD_RTOL.get(name, 1e-4), f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ["cpo_closed_form", "cpo_cvxpylayers"])
+def test_cpo_problem_is_in_the_intended_cases(name: str) -> None:
+    """Task 0 active, task 1 inactive at both steps: the FD test is away from case switches."""
+    rule = make_rule(name)
+    problem = make_problem(rule)
+    _, _, metrics = adapt(rule, problem, problem.theta0, create_graph=False)
+    for step_metrics in metrics:
+        assert step_metrics["case"].tolist() == [CASE_ACTIVE, CASE_INACTIVE]
+
+
+# ---------------------------------------------------------------------------------------
+# (b) learned rules: gradients w.r.t. their own parameters
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_rule_parameters_receive_exact_nonzero_gradients(name: str) -> None:
+    rule = make_rule(name)
+    assert rule.learnable
+    problem = make_problem(rule)
+    theta0_flat = flat_concat(problem.theta0).clone().requires_grad_()
+    named = dict(rule.named_parameters())
+    grads = torch.autograd.grad(outer_objective(rule, problem, theta0_flat), list(named.values()))
+    gen = torch.Generator().manual_seed(2)
+    for (param_name, param), grad in zip(named.items(), grads, strict=True):
+        assert grad.abs().sum() > 0, f"{name}.{param_name} has a zero meta-gradient"
+        # Directional derivative along a random direction per tensor.
+        direction = torch.randn(param.shape, generator=gen, dtype=DTYPE)
+        values = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                param.add_(sign * FD_EPS * direction)
+            values.append(outer_objective(rule, problem, theta0_flat.detach(), False).detach())
+            with torch.no_grad():
+                param.sub_(sign * FD_EPS * direction)
+        fd = (values[0] - values[1]) / (2 * FD_EPS)
+        analytic = (grad * direction).sum()
+        error = abs((analytic - fd).item()) / max(abs(fd.item()), 1e-10)
+        assert error < 1e-4, f"{name}.{param_name}: {analytic.item()} vs FD {fd.item()}"
+
+
+# ---------------------------------------------------------------------------------------
+# (c) purity, (d) outer training, (e) state shapes
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_inner_updates_do_not_modify_meta_parameters(name: str) -> None:
+    rule = make_rule(name)
+    problem = make_problem(rule)
+    theta0 = {k: v.clone().requires_grad_() for k, v in problem.theta0.items()}
+    theta0_before = {k: v.detach().clone() for k, v in theta0.items()}
+    rule_before = {k: v.detach().clone() for k, v in rule.state_dict().items()}
+    params, state, _ = adapt(rule, problem, theta0)
+    for k, v in theta0.items():
+        assert torch.equal(v.detach(), theta0_before[k])
+        assert v.grad is None
+        for task_params in params:
+            assert task_params[k] is not v
+            assert task_params[k].data_ptr() != v.data_ptr()
+    for k, v in rule.state_dict().items():
+        assert torch.equal(v, rule_before[k]), f"inner step modified {name}.{k}"
+    rule_tensors = {p.data_ptr() for p in rule.parameters()}
+    assert not any(s.data_ptr() in rule_tensors for s in state.values() if s.numel())
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+def test_meta_parameters_change_under_outer_adam(name: str) -> None:
+    """LSTM and PID meta-parameters receive non-zero gradients and change during training."""
+    rule = make_rule(name)
+    problem = make_problem(rule)
+    theta0_flat = flat_concat(problem.theta0).clone().requires_grad_()
+    before = {k: v.detach().clone() for k, v in rule.named_parameters()}
+    optimizer = torch.optim.Adam(list(rule.parameters()) + [theta0_flat], lr=1e-2)
+    objectives = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        objective = outer_objective(rule, problem, theta0_flat)
+        (-objective).backward()
+        for param_name, param in rule.named_parameters():
+            assert param.grad is not None and param.grad.abs().sum() > 0, param_name
+        optimizer.step()
+        objectives.append(objective.item())
+    for param_name, param in rule.named_parameters():
+        assert not torch.equal(param.detach(), before[param_name]), f"{param_name} unchanged"
+    assert objectives[-1] > objectives[0]
+
+
+EXPECTED_STATE = {
+    "cpo_closed_form": {},
+    "cpo_cvxpylayers": {},
+    "trpo": {},
+    "lagrangian": {"lambda": (NUM_TASKS,)},
+    "pid": {"lambda": (NUM_TASKS,), "integral": (NUM_TASKS,), "prev_violation": (NUM_TASKS,)},
+    "lstm": {"lambda": (NUM_TASKS,), "h": (NUM_TASKS, 28, 8), "c": (NUM_TASKS, 28, 8)},
+}
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_state_and_metric_shapes(name: str) -> None:
+    rule = make_rule(name)
+    problem = make_problem(rule)
+    initial = rule.init_state(NUM_TASKS, DTYPE)
+    assert set(initial) == set(EXPECTED_STATE[name])
+    _, state, metrics = adapt(rule, problem, problem.theta0, create_graph=False)
+    assert {k: tuple(v.shape) for k, v in state.items()} == EXPECTED_STATE[name]
+    for step_metrics in metrics:
+        assert step_metrics
+        for key, value in step_metrics.items():
+            assert value.shape == (NUM_TASKS,), key
+            assert torch.isfinite(value).all(), key
+    if "lambda" in state:
+        assert (state["lambda"] >= 0).all()
+    if name == "lstm":
+        assert initial["h"].shape == (NUM_TASKS, 0, 8)
+        assert rule.init_state(NUM_TASKS, DTYPE, num_params=28)["h"].shape == (NUM_TASKS, 28, 8)
+
+
+def test_pid_state_follows_the_controller_equations() -> None:
+    rule = make_rule("pid")
+    problem = make_problem(rule)
+    _, state, metrics = adapt(rule, problem, problem.theta0, create_graph=False)
+    violation = torch.tensor(EPISODE_COSTS, dtype=DTYPE) - COST_LIMIT
+    gains = {k: v.detach() for k, v in rule.gains().items()}
+    # Two identical measurements: integral 2v (projected at 0), derivative v then 0.
+    integral = (2 * violation).clamp_min(0.0)
+    assert torch.allclose(state["integral"], integral)
+    assert torch.allclose(state["prev_violation"], violation)
+    lam = (gains["k_p"] * violation + gains["k_i"] * integral).clamp_min(0.0)
+    assert torch.allclose(metrics[-1]["lambda"], lam)
+    assert metrics[-1]["lambda"][1] == 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Signs: a safe task climbs the reward, a badly violating task descends the cost
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_step_signs(name: str) -> None:
+    """To first order, a safe task's step climbs the reward and a far-violating task's
+    step descends the cost (guards against sign errors; step sizes play no role)."""
+    rule = make_rule(name)
+    problem = make_problem(rule, episode_costs=(COST_LIMIT + 100.0, 0.0))
+    data = problem.inner_data[0]
+    ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
+    theta0 = {k: v.clone().requires_grad_() for k, v in problem.theta0.items()}
+    state = rule.init_state(NUM_TASKS, DTYPE)
+    params, _, metrics = rule.step(problem.policy, [theta0, theta0], state, data, ctx)
+    steps = [(flat_concat(p) - flat_concat(theta0)).detach() for p in params]
+    _, cost_slope = task_gradients(problem.policy, theta0, data[0], create_graph=False)
+    reward_slope, _ = task_gradients(problem.policy, theta0, data[1], create_graph=False)
+    assert reward_slope @ steps[1] > 0
+    if name != "trpo":  # TRPO ignores the cost
+        assert cost_slope @ steps[0] < 0
+    if name.startswith("cpo"):
+        assert metrics["case"][0] == CASE_INFEASIBLE  # recovery step
+
+
+# ---------------------------------------------------------------------------------------
+# (f) constructor validation, preprocessing
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: CPOLayerUpdate(solver="bogus"), "bogus"),
+        (lambda: CPOLayerUpdate(trust_radius=0.0), "trust_radius=0.0"),
+        (lambda: TRPOUpdate(trust_radius=-1.0), "trust_radius=-1.0"),
+        (lambda: LagrangianUpdate(lr_lambda=-0.5), "lr_lambda=-0.5"),
+        (lambda: LagrangianUpdate(lambda_init=-1.0), "lambda_init=-1.0"),
+        (lambda: LagrangianUpdate(trust_radius=0.0), "trust_radius=0.0"),
+        (lambda: LagrangianUpdate(cg_iters=0), "cg_iters=0"),
+        (lambda: PIDLagrangianUpdate(k_p=0.0), "k_p=0.0"),
+        (lambda: PIDLagrangianUpdate(k_i=-1.0), "k_i=-1.0"),
+        (lambda: PIDLagrangianUpdate(k_d=float("nan")), "k_d=nan"),
+        (lambda: PIDLagrangianUpdate(eta_reward=-0.1), "eta_reward=-0.1"),
+        (lambda: PIDLagrangianUpdate(eta_cost=0.0), "eta_cost=0.0"),
+        (lambda: PIDLagrangianUpdate(lambda_init=-2.0), "lambda_init=-2.0"),
+        (lambda: LSTMUpdate(hidden_size=0), "hidden_size=0"),
+        (lambda: LSTMUpdate(output_scale=0.0), "output_scale=0.0"),
+        (lambda: LSTMUpdate(eta_lambda=-1.0), "eta_lambda=-1.0"),
+        (lambda: LSTMUpdate(preprocess_p=0.0), "preprocess_p=0.0"),
+        (lambda: LSTMUpdate(lambda_init=-0.5), "lambda_init=-0.5"),
+    ],
+)
+def test_invalid_constructor_values_raise(factory: Callable[[], MetaOptimizer], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+def test_log_sign_preprocess_is_continuous_and_differentiable_at_zero() -> None:
+    p = 10.0
+    edge = torch.tensor([-1.0, 1.0], dtype=DTYPE) * torch.exp(torch.tensor(-p, dtype=DTYPE))
+    inside, outside = (
+        log_sign_preprocess(edge * (1 - 1e-9), p),
+        log_sign_preprocess(edge * (1 + 1e-9), p),
+    )
+    assert torch.allclose(inside, outside, atol=1e-6)
+    assert torch.allclose(
+        log_sign_preprocess(edge, p), torch.tensor([[-1.0, -1.0], [-1.0, 1.0]], dtype=DTYPE)
+    )
+    x = torch.zeros(3, dtype=DTYPE, requires_grad=True)
+    (grad,) = torch.autograd.grad(log_sign_preprocess(x, p).sum(), x)
+    assert torch.isfinite(grad).all()
