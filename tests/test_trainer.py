@@ -1,0 +1,167 @@
+"""The meta-trainer as a tool: run directory, metrics, resume exactness, evaluation, errors."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from hydra import compose, initialize_config_dir
+
+from meta_safe.checkpoint import load, save_atomic
+from meta_safe.config import validate
+from meta_safe.trainer import MetaTrainer, train
+
+CONFIG_DIR = str(Path(REPO_ROOT) / "configs")
+# A tiny but real configuration: 2 tasks x 2 envs x 40-step episodes.
+TINY = [
+    "meta.tasks_per_iteration=2",
+    "meta.envs_per_task=2",
+    "meta.steps_per_env=40",
+    "env.episode_steps=40",
+    "policy.hidden=[16]",
+    "runtime.progress=false",
+    "evaluation.tasks=2",
+    "evaluation.inner_steps=1",
+    "evaluation.envs_per_task=2",
+    "evaluation.steps_per_env=40",
+]
+
+
+def tiny_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return validate(compose("config", overrides=[*TINY, *overrides]))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("rule", ["pid", "cpo_layer"])
+def test_resume_continues_exactly(tmp_path: Path, rule: str) -> None:
+    full = tmp_path / "full"
+    train(tiny_cfg(f"meta_optimizer={rule}", "meta.iterations=3"), full)
+    interrupted = tmp_path / "interrupted"
+    train(tiny_cfg(f"meta_optimizer={rule}", "meta.iterations=2"), interrupted)
+    resumed = train(
+        tiny_cfg(f"meta_optimizer={rule}", "meta.iterations=3", "resume=true"), interrupted
+    )
+    assert resumed.iteration == 3
+    rows_full, rows_resumed = read_metrics(full), read_metrics(interrupted)
+    assert len(rows_full) == len(rows_resumed) == 3
+    for a, b in zip(rows_full, rows_resumed, strict=True):
+        for key in ("pre_return", "post_return", "post_cost", "outer_kl", "multiplier"):
+            assert a[key] == b[key], key
+    final_full, final_resumed = load(full), load(interrupted)
+    for key, value in final_full["meta_params"].items():
+        assert torch.equal(value, final_resumed["meta_params"][key])
+    assert (interrupted / "config.yaml").exists()
+    assert any((interrupted / "tensorboard").iterdir())
+
+
+def test_learned_rule_parameters_change_during_training(tmp_path: Path) -> None:
+    cfg = tiny_cfg("meta_optimizer=pid", "meta.iterations=2")
+    trainer = MetaTrainer(cfg, tmp_path)
+    before = {k: v.clone() for k, v in trainer.rule.state_dict().items()}
+    rows = [trainer.run_iteration() for _ in range(2)]
+    assert all(row["rule_grad_norm"] > 0 for row in rows)
+    after = trainer.rule.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_meta_parameters_move_and_metrics_are_finite(tmp_path: Path) -> None:
+    cfg = tiny_cfg("meta_optimizer=trpo", "meta.iterations=1")
+    trainer = MetaTrainer(cfg, tmp_path)
+    before = {k: v.clone() for k, v in trainer.meta_params.items()}
+    row = trainer.run_iteration()
+    assert 0 < row["outer_kl"] < 0.05
+    assert any(not torch.equal(before[k], trainer.meta_params[k]) for k in before)
+    for key in ("pre_return", "post_return", "pre_cost", "post_cost", "time_sampling"):
+        assert row[key] == row[key], key  # not NaN
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"a": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"a": Unpicklable()}, path)
+    assert load(path) == {"a": 1}, "a failed write must leave the old checkpoint intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "no temp files left"
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        load(tmp_path / "does-not-exist")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("env.backend=gpu", "env.backend='gpu' is invalid: valid choices are ['torch', 'mujoco']"),
+        ("meta.tasks_per_iteration=0", "meta.tasks_per_iteration=0 is invalid: must be > 0"),
+        ("env.robot=car", "env.robot='car' is not available on env.backend='torch'"),
+        ("+meta.unknown_key=1", "unknown_key"),
+    ],
+)
+def test_invalid_values_are_clear_errors(override: str, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        tiny_cfg(override)
+    assert message in str(error.value)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="resume=true but"):
+        train(tiny_cfg("resume=true"), tmp_path / "empty")
+
+
+def test_cli_trains_evaluates_and_evaluate_runs_on_mujoco(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meta_safe.meta_trainer",
+            *TINY,
+            "meta_optimizer=lagrangian",
+            "meta.iterations=1",
+            f"run_dir={run_dir}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| inner steps | return" in result.stdout
+    for name in ("metrics.csv", "checkpoint.pt", "evaluation.json", "evaluation.png"):
+        assert (run_dir / name).exists(), name
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meta_safe.evaluate",
+            f"checkpoint={run_dir}",
+            "env.backend=mujoco",
+            "tasks=[[2.2,1.3],[2.4,1.4]]",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mujoco backend" in result.stdout
+    assert (run_dir / "evaluation_mujoco.json").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "meta_safe.evaluate", f"checkpoint={tmp_path / 'nope'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "does not exist" in bad.stderr
