@@ -73,7 +73,7 @@ class EvaluationConfig:
 @dataclass
 class RuntimeConfig:
     device: str = "cpu"
-    torch_threads: int = 2
+    torch_threads: int = 1
     progress: bool = True  # live progress bar
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from meta_safe.cpo_step import SOLVERS, cpo_step
+from meta_safe.cpo_step import CASE_INFEASIBLE, SOLVERS, cpo_step
 from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
@@ -23,12 +23,19 @@ from meta_safe.meta_optimizers.base import (
     task_gradients,
 )
 from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData
+from meta_safe.surrogate import PolicyData, mean_kl, surrogates
 
 
 class CPOLayerUpdate(MetaOptimizer):
     """:param trust_radius: KL bound ``delta``. :param damping: Fisher damping.
     :param cg_iters: conjugate-gradient iterations. :param solver: one of ``SOLVERS``.
+    :param line_search_steps: backtracking steps (0: take the full step). Each candidate
+        ``shrink^j x`` is accepted when its mean KL is within ``1.5 delta``, its cost
+        surrogate does not exceed the linearised budget ``max(0, -c)`` (when recovering:
+        decreases) and, while the constraint is satisfied, its reward surrogate does not
+        decrease (Achiam et al. 2017, appendix 10.3). The scale is chosen without
+        gradient, so the step stays differentiable (exact meta-gradients almost everywhere).
+    :param shrink: backtracking factor in (0, 1).
     """
 
     def __init__(
@@ -37,12 +44,19 @@ class CPOLayerUpdate(MetaOptimizer):
         damping: float = 0.1,
         cg_iters: int = 10,
         solver: str = "cvxpylayers",
+        line_search_steps: int = 0,
+        shrink: float = 0.8,
     ) -> None:
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
         if trust_radius <= 0:
             raise ValueError(f"trust_radius={trust_radius} is invalid: must be > 0")
+        if line_search_steps < 0:
+            raise ValueError(f"line_search_steps={line_search_steps} is invalid: must be >= 0")
+        if not 0 < shrink < 1:
+            raise ValueError(f"shrink={shrink} is invalid: must lie in (0, 1)")
+        self.line_search_steps, self.shrink = line_search_steps, shrink
         self.trust_radius, self.damping, self.cg_iters, self.solver = (
             trust_radius,
             damping,
@@ -78,10 +92,48 @@ class CPOLayerUpdate(MetaOptimizer):
             self.trust_radius,
             solver=self.solver,
         )
-        new_params = [add_flat(p, s) for p, s in zip(params, steps, strict=True)]
+        scales = [
+            self._backtrack(policy, p, d, s, float(m), int(case))
+            for p, d, s, m, case in zip(params, data, steps, margin, info["case"], strict=True)
+        ]
+        new_params = [
+            add_flat(p, scale * s) for p, s, scale in zip(params, steps, scales, strict=True)
+        ]
         metrics = {
+            "step_scale": torch.tensor(scales),
             "lambda": info["lambda"].detach(),
             "nu": info["nu"].detach(),
             "case": info["case"].detach().float(),
         }
         return new_params, state, metrics
+
+    @torch.no_grad()
+    def _backtrack(
+        self,
+        policy: GaussianPolicy,
+        params: Params,
+        data: PolicyData,
+        step: Tensor,
+        margin: float,
+        case: int,
+    ) -> float:
+        """Largest ``shrink^j`` whose candidate passes the CPO acceptance test (0 if none)."""
+        if self.line_search_steps == 0:
+            return 1.0
+        base = {k: v.detach() for k, v in params.items()}
+        reward_0, cost_0 = surrogates(policy, base, data)
+        step = step.detach()
+        for j in range(self.line_search_steps):
+            scale = self.shrink**j
+            candidate = add_flat(base, scale * step)
+            reward, cost = surrogates(policy, candidate, data)
+            kl = mean_kl(policy, candidate, base, data.obs)
+            if case == CASE_INFEASIBLE:
+                accept = cost < cost_0
+            else:
+                # While violating, reward may drop to restore the constraint.
+                improves = margin > 0 or bool(reward >= reward_0)
+                accept = bool(cost - cost_0 <= max(0.0, -margin)) and improves
+            if bool(accept) and float(kl) <= 1.5 * self.trust_radius:
+                return scale
+        return 0.0
