@@ -71,6 +71,14 @@ def task_gradients(
     )
 
 
+def stacked_task_gradients(
+    policy: GaussianPolicy, params: list[Params], data: list[PolicyData], create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`task_gradients` of every task, stacked: ``(g [T, P], b [T, P])``."""
+    pairs = [task_gradients(policy, p, d, create_graph) for p, d in zip(params, data, strict=True)]
+    return torch.stack([g for g, _ in pairs]), torch.stack([b for _, b in pairs])
+
+
 def natural_directions(
     policy: GaussianPolicy,
     params: Params,

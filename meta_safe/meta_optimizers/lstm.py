@@ -40,7 +40,7 @@ from meta_safe.meta_optimizers.base import (
     State,
     add_flat,
     constraint_margin,
-    task_gradients,
+    stacked_task_gradients,
 )
 from meta_safe.meta_optimizers.pid import inverse_softplus, rms_normalize
 from meta_safe.policy import GaussianPolicy, Params
@@ -140,12 +140,7 @@ class LSTMUpdate(MetaOptimizer):
         data: list[PolicyData],
         ctx: InnerContext,
     ) -> tuple[list[Params], State, dict[str, Tensor]]:
-        grads = [
-            task_gradients(policy, p, d, ctx.create_graph)
-            for p, d in zip(params, data, strict=True)
-        ]
-        g = torch.stack([gb[0] for gb in grads])  # [T, P]
-        b = torch.stack([gb[1] for gb in grads])
+        g, b = stacked_task_gradients(policy, params, data, ctx.create_graph)  # [T, P] each
         num_tasks, num_params = g.shape
         dtype, net_dtype = g.dtype, self.cell.weight_ih.dtype
         violation = constraint_margin(data, ctx.cost_limit).to(dtype)  # [T], a constant

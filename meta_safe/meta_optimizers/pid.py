@@ -36,7 +36,7 @@ from meta_safe.meta_optimizers.base import (
     State,
     add_flat,
     constraint_margin,
-    task_gradients,
+    stacked_task_gradients,
 )
 from meta_safe.policy import GaussianPolicy, Params
 from meta_safe.surrogate import PolicyData
@@ -130,12 +130,7 @@ class PIDLagrangianUpdate(MetaOptimizer):
         data: list[PolicyData],
         ctx: InnerContext,
     ) -> tuple[list[Params], State, dict[str, Tensor]]:
-        grads = [
-            task_gradients(policy, p, d, ctx.create_graph)
-            for p, d in zip(params, data, strict=True)
-        ]
-        g = torch.stack([gb[0] for gb in grads])  # [T, P]
-        b = torch.stack([gb[1] for gb in grads])
+        g, b = stacked_task_gradients(policy, params, data, ctx.create_graph)  # [T, P] each
         dtype = g.dtype
         gains = {k: v.to(dtype) for k, v in self.gains().items()}
         # v, the integral and v_prev are measurements (constants); gradients reach the
