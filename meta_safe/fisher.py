@@ -18,7 +18,13 @@ from torch import Tensor
 
 from meta_safe.param_utils import flat_concat, unflatten_like
 
-__all__ = ["conjugate_gradient", "fisher_vector_product", "flat_concat", "unflatten_like"]
+__all__ = [
+    "conjugate_gradient",
+    "fisher_matvec",
+    "fisher_vector_product",
+    "flat_concat",
+    "unflatten_like",
+]
 
 
 def fisher_vector_product(
@@ -53,15 +59,28 @@ def fisher_vector_product(
         to ``params`` and ``vector`` (exact meta-gradients, third-order terms included).
     :return: ``[P]`` damped Fisher-vector product.
     """
+    return fisher_matvec(kl_fn, params, damping, create_graph)(vector)
+
+
+def fisher_matvec(
+    kl_fn: Callable[[dict[str, Tensor]], Tensor],
+    params: dict[str, Tensor],
+    damping: float,
+    create_graph: bool = False,
+) -> Callable[[Tensor], Tensor]:
+    """``v -> (H + damping I) v`` with the KL gradient computed once and reused.
+
+    Conjugate gradient calls the product ~10 times at the same ``params``: building the
+    KL and its (graph-carrying) gradient once saves two passes per call and, with
+    ``create_graph``, keeps one copy of that graph instead of one per call.
+    The returned function takes ``v [P]`` or a batch ``V [K, P]`` (``K`` products in one
+    vmapped backward pass, ``is_grads_batched``).
+    """
     names = list(params)
     tensors = [
         params[n] if params[n].requires_grad else params[n].detach().requires_grad_() for n in names
     ]
     expected = sum(t.numel() for t in tensors)
-    if vector.dim() != 1 or vector.numel() != expected:
-        raise ValueError(
-            f"fisher_vector_product: vector must have shape [{expected}], got {tuple(vector.shape)}"
-        )
     with torch.enable_grad():
         kl = kl_fn(dict(zip(names, tensors, strict=True)))
         if kl.dim() != 0:
@@ -75,7 +94,17 @@ def fisher_vector_product(
                 for g, t in zip(grads, tensors, strict=True)
             ]
         )
-        if flat_grad.requires_grad:
+
+    def matvec(vector: Tensor) -> Tensor:
+        if vector.dim() not in (1, 2) or vector.shape[-1] != expected:
+            raise ValueError(
+                f"fisher_vector_product: vector must have shape [{expected}] or [K, {expected}], "
+                f"got {tuple(vector.shape)}"
+            )
+        if not flat_grad.requires_grad:  # KL does not depend on params (constant policy): H = 0
+            return damping * vector
+        batched = vector.dim() == 2
+        with torch.enable_grad():
             # H v as the vector-Jacobian product of the KL gradient with grad_outputs=v,
             # NOT as d(grad . v)/d theta: when v itself depends on theta (CG directions
             # built with create_graph=True), the latter would also backpropagate through
@@ -83,18 +112,27 @@ def fisher_vector_product(
             # grad_KL^T dv/dtheta, which does not belong to H v. With grad_outputs, v is a
             # constant of this backward pass, yet the result stays differentiable in v.
             hvp = torch.autograd.grad(
-                flat_grad, tensors, grad_outputs=vector, create_graph=create_graph,
+                flat_grad,
+                tensors,
+                grad_outputs=vector,
+                retain_graph=True,
+                create_graph=create_graph,
                 allow_unused=True,
+                is_grads_batched=batched,
             )
-            flat_hvp = torch.cat(
-                [
-                    torch.zeros_like(t).reshape(-1) if h is None else h.reshape(-1)
-                    for h, t in zip(hvp, tensors, strict=True)
-                ]
-            )
-        else:  # KL does not depend on params at all (e.g. constant policy): H = 0
-            flat_hvp = torch.zeros_like(vector)
-    return flat_hvp + damping * vector
+        lead = (vector.shape[0],) if batched else ()
+        flat_hvp = torch.cat(
+            [
+                torch.zeros(*lead, t.numel(), dtype=vector.dtype, device=vector.device)
+                if h is None
+                else h.reshape(*lead, -1)
+                for h, t in zip(hvp, tensors, strict=True)
+            ],
+            dim=-1,
+        )
+        return flat_hvp + damping * vector
+
+    return matvec
 
 
 def conjugate_gradient(
@@ -125,25 +163,32 @@ def conjugate_gradient(
         ``iters`` masked iterations.
     :return: ``[P]`` approximate solution ``A^-1 b``.
     """
-    if b.dim() != 1:
-        raise ValueError(f"conjugate_gradient: b must be a flat vector [P], got {tuple(b.shape)}")
+    if b.dim() not in (1, 2):
+        raise ValueError(
+            f"conjugate_gradient: b must be [P] or a batch of systems [K, P], got {tuple(b.shape)}"
+        )
     # 0 * b rather than zeros_like: the result stays connected to b's graph even when no
     # iteration runs (b ~ 0), so callers can always backpropagate through it.
     x = 0.0 * b
     residual = b
     direction = b
-    res_sq = torch.dot(residual, residual)
+
+    # Row-wise dot products: each row of a [K, P] batch is an independent system.
+    def dot(u: Tensor, v: Tensor) -> Tensor:
+        return (u * v).sum(-1, keepdim=True)
+
+    res_sq = dot(residual, residual)
     one = torch.ones((), dtype=b.dtype, device=b.device)
     for _ in range(iters):
-        if early_exit and bool(res_sq <= residual_tol):
+        if early_exit and bool((res_sq <= residual_tol).all()):
             break
         active = res_sq > residual_tol
         a_dir = matvec(direction)
-        curvature = torch.dot(direction, a_dir)
+        curvature = dot(direction, a_dir)
         alpha = torch.where(active, res_sq / torch.where(active, curvature, one), 0.0)
         x = x + alpha * direction
         residual = residual - alpha * a_dir
-        new_res_sq = torch.dot(residual, residual)
+        new_res_sq = dot(residual, residual)
         beta = torch.where(active, new_res_sq / torch.where(active, res_sq, one), 0.0)
         direction = residual + beta * direction
         res_sq = torch.where(active, new_res_sq, res_sq)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from meta_safe.fisher import conjugate_gradient, fisher_vector_product
+from meta_safe.fisher import conjugate_gradient, fisher_matvec
 from meta_safe.param_utils import flat_concat, unflatten_like
 from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
 from meta_safe.surrogate import PolicyData, surrogates
@@ -111,10 +111,10 @@ def natural_directions(
         mean, std = policy.distribution(p, data.obs)
         return gaussian_kl(old_mean, old_std, mean, std).mean()
 
-    def matvec(v: Tensor) -> Tensor:
-        return fisher_vector_product(kl_fn, point, v, damping, create_graph=create_graph)
-
-    return [conjugate_gradient(matvec, v, iters=cg_iters) for v in vectors]
+    # One Fisher operator for all right-hand sides, solved as one batched CG.
+    matvec = fisher_matvec(kl_fn, point, damping, create_graph=create_graph)
+    solutions = conjugate_gradient(matvec, torch.stack(vectors), iters=cg_iters)
+    return list(solutions.unbind(0))
 
 
 def add_flat(params: Params, flat_step: Tensor) -> Params:
