@@ -103,6 +103,8 @@ class AdaptationReport:
         ax_c.axhline(self.cost_limit, ls="--", color="k", label="cost limit")
         ax_c.set(xlabel="inner steps", ylabel="episode cost", title="cost")
         ax_c.legend()
+        for ax in (ax_r, ax_c):
+            ax.set_xticks(steps)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
