@@ -16,6 +16,7 @@ import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +49,8 @@ def timed(run: Callable[[], int]) -> tuple[int, float]:
     return steps, time.perf_counter() - start
 
 
-def bench_stock(episodes: int, seed: int) -> Result:
-    """Stock Safety-Gymnasium: every reset rebuilds and recompiles the MuJoCo model."""
-    from stochastic_circle.compat import import_safety_gymnasium
-
-    env = import_safety_gymnasium().make("SafetyPointCircle1-v0")
-    env.reset(seed=seed)  # first build is construction cost, not per-episode cost
+def timed_episodes(env: Any, episodes: int, seed: int) -> tuple[int, float]:
+    """Time ``episodes`` full episodes (reset included) of one env on fixed random actions."""
     acts = np.random.default_rng(seed).uniform(-1, 1, (EPISODE_LENGTH, 2))
 
     def run() -> int:
@@ -63,7 +60,16 @@ def bench_stock(episodes: int, seed: int) -> Result:
                 env.step(action)
         return episodes * EPISODE_LENGTH
 
-    steps, seconds = timed(run)
+    return timed(run)
+
+
+def bench_stock(episodes: int, seed: int) -> Result:
+    """Stock Safety-Gymnasium: every reset rebuilds and recompiles the MuJoCo model."""
+    from stochastic_circle.compat import import_safety_gymnasium
+
+    env = import_safety_gymnasium().make("SafetyPointCircle1-v0")
+    env.reset(seed=seed)  # first build is construction cost, not per-episode cost
+    steps, seconds = timed_episodes(env, episodes, seed)
     env.close()
     return Result("stock SafetyPointCircle1-v0", 1, episodes, steps, seconds)
 
@@ -71,16 +77,7 @@ def bench_stock(episodes: int, seed: int) -> Result:
 def bench_mujoco_single(episodes: int, seed: int) -> Result:
     """Our MuJoCo env, one instance, reset every 500 steps."""
     env = MujocoCircleEnv(TASK, seed=seed)
-    acts = np.random.default_rng(seed).uniform(-1, 1, (EPISODE_LENGTH, 2))
-
-    def run() -> int:
-        for _ in range(episodes):
-            env.reset()
-            for action in acts:
-                env.step(action)
-        return episodes * EPISODE_LENGTH
-
-    steps, seconds = timed(run)
+    steps, seconds = timed_episodes(env, episodes, seed)
     return Result("ours MuJoCo, 1 env", 1, episodes, steps, seconds)
 
 

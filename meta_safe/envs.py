@@ -17,26 +17,18 @@ def make_batched_env(
     """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way."""
     backend = env_cfg.backend
     if backend == "torch":
-        from stochastic_circle.torch_backend import BatchedCircleEnv
-
-        return BatchedCircleEnv(
-            list(tasks),
-            num_envs,
-            seed=seed,
-            placement=env_cfg.placement,
-            episode_steps=env_cfg.episode_steps,
-        )
-    if backend == "mujoco":
-        from stochastic_circle.mujoco_batched import MujocoBatchedEnv
-
-        return MujocoBatchedEnv(
-            list(tasks),
-            num_envs,
-            seed=seed,
-            placement=env_cfg.placement,
-            episode_steps=env_cfg.episode_steps,
-        )
-    raise ValueError(f"env.backend={backend!r} is unknown: valid choices are {list(BACKENDS)}")
+        from stochastic_circle.torch_backend import BatchedCircleEnv as EnvClass
+    elif backend == "mujoco":
+        from stochastic_circle.mujoco_batched import MujocoBatchedEnv as EnvClass
+    else:
+        raise ValueError(f"env.backend={backend!r} is unknown: valid choices are {list(BACKENDS)}")
+    return EnvClass(
+        list(tasks),
+        num_envs,
+        seed=seed,
+        placement=env_cfg.placement,
+        episode_steps=env_cfg.episode_steps,
+    )
 
 
 def task_distribution(env_cfg: Any, split: str) -> TaskDistribution:

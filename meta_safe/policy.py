@@ -80,16 +80,6 @@ class GaussianPolicy(nn.Module):
         mean, std = self.distribution(params, obs)
         return gaussian_log_prob(mean, std, actions)
 
-    @torch.no_grad()
-    def sample(
-        self, params: Params, obs: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Sample actions; :return: ``(actions [..., act_dim], log_prob [...])``."""
-        mean, std = self.distribution(params, obs)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        actions = mean + std * noise
-        return actions, gaussian_log_prob(mean, std, actions)
-
 
 def gaussian_log_prob(mean: Tensor, std: Tensor, actions: Tensor) -> Tensor:
     """Log density of a diagonal Gaussian, summed over the last dimension."""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_log_prob
 
 
 class BatchedEnv(Protocol):
@@ -93,11 +93,7 @@ def policy_sample(
         else:
             mean, std = policy.distribution(params, obs)
         actions = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        z = (actions - mean) / std
-        log_prob = (-0.5 * z.pow(2) - std.log() - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(
-            -1
-        )
-    return actions, log_prob
+    return actions, gaussian_log_prob(mean, std, actions)
 
 
 def collect(

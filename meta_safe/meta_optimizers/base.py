@@ -125,4 +125,4 @@ def add_flat(params: Params, flat_step: Tensor) -> Params:
 
 def constraint_margin(data: list[PolicyData], cost_limit: float) -> Tensor:
     """``J_C - d`` per task ``[T]`` (``> 0``: violating), from the batch's episode costs."""
-    return torch.stack([d.episode_cost.detach() for d in data]).float() - cost_limit
+    return torch.stack([d.episode_cost.detach() for d in data]) - cost_limit
