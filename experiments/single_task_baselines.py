@@ -63,6 +63,7 @@ def main() -> None:
             cfg.env.episode_steps,
             AdvantageConfig(**cfg.advantage),
             args.seed,
+            critic_cfg=cfg.critic,
         )
         curves[name] = result
         rows.append(

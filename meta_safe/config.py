@@ -71,6 +71,15 @@ class EvaluationConfig:
 
 
 @dataclass
+class CriticConfig:
+    cost: str = "mlp"  # linear | mlp: value function of the cost in single-task training
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    lr: float = 1e-3
+    epochs: int = 10  # passes over each batch
+    minibatch: int = 256
+
+
+@dataclass
 class RuntimeConfig:
     device: str = "cpu"
     torch_threads: int = 1
@@ -85,6 +94,7 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
@@ -101,6 +111,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "policy.activation": ("tanh", "relu", "elu"),
     "evaluation.split": ("fixed", "meta_train", "held_out"),
     "runtime.device": ("cpu", "cuda"),
+    "critic.cost": ("linear", "mlp"),
 }
 POSITIVE: tuple[str, ...] = (
     "env.episode_steps",
@@ -114,6 +125,9 @@ POSITIVE: tuple[str, ...] = (
     "evaluation.steps_per_env",
     "checkpoint_every",
     "runtime.torch_threads",
+    "critic.lr",
+    "critic.epochs",
+    "critic.minibatch",
 )
 NON_NEGATIVE: tuple[str, ...] = ("meta.inner_steps", "evaluation.inner_steps", "env.cost_limit")
 

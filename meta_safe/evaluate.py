@@ -65,6 +65,7 @@ def evaluate_trainer(trainer: Any, cfg: DictConfig, explicit: Any = None) -> Ada
         ev.steps_per_env,
         AdvantageConfig(**OmegaConf.to_container(cfg.advantage)),
         ev.seed,
+        dyna=(trainer.dyna, trainer.dyna_settings) if trainer.dyna is not None else None,
     )
 
 

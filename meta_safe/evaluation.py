@@ -15,6 +15,13 @@ from typing import Any
 
 import torch
 
+from meta_safe.data_sources import (
+    DynaRollouts,
+    DynaSettings,
+    DynaState,
+    InnerDataSource,
+    RealRollouts,
+)
 from meta_safe.envs import make_batched_env
 from meta_safe.maml import adapt
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
@@ -123,9 +130,23 @@ def evaluate_adaptation(
     steps_per_env: int,
     adv_cfg: AdvantageConfig,
     seed: int,
+    dyna: tuple[DynaState, DynaSettings] | None = None,
 ) -> AdaptationReport:
-    """Adapt on ``tasks`` (all at once, first order: no meta-gradient is needed)."""
+    """Adapt on ``tasks`` (all at once, first order: no meta-gradient is needed).
+
+    :param dyna: the meta-trained model and settings: inner steps then use a small real
+        batch plus model rollouts (the model is not retrained on held-out data); the
+        report's real steps per update count the real part only.
+    """
     env = make_batched_env(env_cfg, tasks, envs_per_task, seed)
+    post_source = RealRollouts(env, steps_per_env, adv_cfg, env_cfg.episode_steps)
+    source: InnerDataSource = post_source
+    if dyna is not None:
+        state, settings = dyna
+        real_env = make_batched_env(env_cfg, tasks, settings.real_envs_per_task, seed)
+        source = DynaRollouts(
+            real_env, tasks, state, settings, steps_per_env, adv_cfg, env_cfg.episode_steps
+        )
     frozen = normalizer.frozen
     normalizer.frozen = True
     try:
@@ -134,15 +155,13 @@ def evaluate_adaptation(
             policy,
             params,
             rule,
-            env,
+            source,
+            post_source,
             normalizer,
             inner_steps,
-            steps_per_env,
             InnerContext(cost_limit=env_cfg.cost_limit, create_graph=False),
-            adv_cfg,
             torch.Generator().manual_seed(seed),
             seed=seed + 1,
-            horizon=env_cfg.episode_steps,
         )
     finally:
         normalizer.frozen = frozen

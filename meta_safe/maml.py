@@ -27,11 +27,12 @@ import torch
 from torch import Tensor
 
 from meta_safe.cpo_step import cpo_step
+from meta_safe.data_sources import InnerDataSource
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, natural_directions
 from meta_safe.param_utils import flat_concat, unflatten_like
 from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rollout import Batch, BatchedEnv, collect, stack_params
-from meta_safe.surrogate import AdvantageConfig, PolicyData, prepare, surrogates
+from meta_safe.rollout import Batch, stack_params
+from meta_safe.surrogate import PolicyData, surrogates
 
 
 @dataclass
@@ -39,9 +40,11 @@ class AdaptationResult:
     """What one adaptation of a batch of tasks produced.
 
     :ivar adapted: per-task parameters after the last inner step (in the graph).
-    :ivar batches: the K + 1 batches collected (inner steps, then post-adaptation).
+    :ivar batches: the K + 1 real batches collected (inner steps, then post-adaptation).
+    :ivar data: the policy data of each of the K + 1 collections (per task).
     :ivar metrics: per inner step, the rule's metrics ``[T]``.
     :ivar times: seconds spent sampling and in inner updates.
+    :ivar infos: per collection, the data source's scalars (e.g. model share).
     """
 
     adapted: list[Params]
@@ -49,59 +52,53 @@ class AdaptationResult:
     data: list[list[PolicyData]]
     metrics: list[dict[str, Tensor]]
     times: dict[str, float] = field(default_factory=dict)
+    infos: list[dict[str, float]] = field(default_factory=list)
 
 
 def adapt(
     policy: GaussianPolicy,
     meta_params: Params,
     rule: MetaOptimizer,
-    env: BatchedEnv,
+    source: InnerDataSource,
+    post_source: InnerDataSource,
     normalizer: ObsNormalizer,
     inner_steps: int,
-    steps_per_env: int,
     ctx: InnerContext,
-    adv_cfg: AdvantageConfig,
     generator: torch.Generator,
     seed: int,
-    horizon: int,
     on_batch: Callable[[int, Batch], None] | None = None,
 ) -> AdaptationResult:
-    """Adapt ``meta_params`` to every task of ``env`` with K inner steps on fresh data.
+    """Adapt ``meta_params`` to every task with K inner steps, each on fresh data.
 
+    :param source: data of the inner steps (:mod:`meta_safe.data_sources`: real
+        rollouts, or real plus model rollouts).
+    :param post_source: data of the post-adaptation batch (real rollouts).
     :param seed: env seed of the first collection (collection ``k`` uses ``seed + k``).
-    :param on_batch: called with ``(k, batch)`` after each collection (logging).
+    :param on_batch: called with ``(k, batch)`` after each real collection (logging).
     """
-    num_tasks = env.num_tasks
+    num_tasks = source.num_tasks
     params = [dict(meta_params) for _ in range(num_tasks)]
     state = rule.init_state(num_tasks, dtype=next(iter(meta_params.values())).dtype)
-    batches, datas, metrics = [], [], []
+    batches, datas, metrics, infos = [], [], [], []
     times = {"sampling": 0.0, "inner_update": 0.0}
     for k in range(inner_steps + 1):
         start = time.perf_counter()
         behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
-        batch = collect(
-            env,
-            policy,
-            behaviour,
-            normalizer,
-            steps_per_env,
-            generator,
-            per_task=True,
-            seed=seed + k,
-        )
-        data = prepare(batch, adv_cfg, horizon)
+        supplier = post_source if k == inner_steps else source
+        inner = supplier.inner_batch(k, policy, behaviour, normalizer, generator, seed + k)
         times["sampling"] += time.perf_counter() - start
-        batches.append(batch)
-        datas.append(data)
+        batches.append(inner.real)
+        datas.append(inner.data)
+        infos.append(inner.info)
         if on_batch is not None:
-            on_batch(k, batch)
+            on_batch(k, inner.real)
         if k == inner_steps:
             break
         start = time.perf_counter()
-        params, state, step_metrics = rule.step(policy, params, state, data, ctx)
+        params, state, step_metrics = rule.step(policy, params, state, inner.data, ctx)
         metrics.append(step_metrics)
         times["inner_update"] += time.perf_counter() - start
-    return AdaptationResult(params, batches, datas, metrics, times)
+    return AdaptationResult(params, batches, datas, metrics, times, infos)
 
 
 def meta_objectives(

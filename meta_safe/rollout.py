@@ -51,6 +51,11 @@ class Batch:
     :ivar timestep: ``[T, E, N]`` long, the step's index within its episode (0-based).
     :ivar episode_return, episode_cost: ``[T]`` mean over completed episodes (NaN if none).
     :ivar episodes: ``[T]`` number of completed episodes per task.
+    :ivar states, next_states: ``[T, E, N, 6]`` planar physics states before and after
+        each step (``next_states`` before any auto-reset), when the env exposes them
+        (``state`` / ``final_state``: the torch backend and model envs); else ``None``.
+        Dynamics models train on them, with ``next_raw_obs [T, E, N, obs_dim]`` (the
+        un-normalised observation after each step, before any auto-reset).
     """
 
     raw_obs: Tensor
@@ -66,6 +71,9 @@ class Batch:
     episode_return: Tensor
     episode_cost: Tensor
     episodes: Tensor
+    states: Tensor | None = None
+    next_states: Tensor | None = None
+    next_raw_obs: Tensor | None = None
 
     @property
     def num_steps(self) -> int:
@@ -74,7 +82,14 @@ class Batch:
 
     def task(self, index: int) -> Batch:
         """The slice of one task, keeping a leading task dim of size 1."""
-        return Batch(**{f.name: getattr(self, f.name)[index : index + 1] for f in fields(self)})
+        return Batch(
+            **{
+                f.name: None
+                if getattr(self, f.name) is None
+                else getattr(self, f.name)[index : index + 1]
+                for f in fields(self)
+            }
+        )
 
 
 def stack_params(params: list[Params]) -> Params:
@@ -139,10 +154,18 @@ def collect(
     sum_cost = torch.zeros(T, dtype=torch.float64)
     episodes = torch.zeros(T, dtype=torch.long)
     elapsed = torch.zeros(T, E, dtype=torch.long)
+    # Envs that keep an episode clock (model envs start mid-episode) report it.
+    clock = getattr(env, "elapsed", None)
+    track_states = hasattr(env, "state") and hasattr(env, "final_state")
+    if track_states:
+        store["states"], store["next_states"], store["next_raw_obs"] = [], [], []
     raw_obs_seen = [raw_obs]
     for _ in range(steps):
         obs = normalizer(raw_obs)
         actions, log_prob = policy_sample(policy, params, obs.to(dtype), per_task, generator)
+        timestep = env.elapsed.clone() if clock is not None else elapsed.clone()
+        if track_states:
+            store["states"].append(env.state.clone())
         next_raw, reward, cost, terminated, truncated = env.step(actions)
         done = terminated | truncated
         # Where an episode ended, next_raw already starts a new one: keep the final obs.
@@ -156,7 +179,10 @@ def collect(
         store["costs"].append(cost)
         store["terminated"].append(terminated)
         store["truncated"].append(truncated)
-        store["timestep"].append(elapsed.clone())
+        store["timestep"].append(timestep)
+        if track_states:
+            store["next_states"].append(env.final_state.clone())
+            store["next_raw_obs"].append(final_raw)
         elapsed = (elapsed + 1) * ~done
         running_return += reward.double()
         running_cost += cost.double()

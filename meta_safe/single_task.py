@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from meta_safe.critic import MLPCritic
 from meta_safe.envs import make_batched_env
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
@@ -45,11 +46,14 @@ def train_single_task(
     seed: int,
     params: Params | None = None,
     normalizer: ObsNormalizer | None = None,
+    critic_cfg: Any = None,
 ) -> SingleTaskResult:
     """Train ``policy`` on ``task`` for ``iterations`` updates of ``rule``.
 
     :param params: start parameters (default: the policy's initialisation).
     :param normalizer: observation normaliser (default: a fresh one, updated as we go).
+    :param critic_cfg: the ``critic`` config section; ``cost: mlp`` trains a persistent
+        cost critic over all batches (default: per-batch linear values).
     """
     if iterations < 1:
         raise ValueError(f"iterations={iterations} is invalid: must be >= 1")
@@ -59,6 +63,16 @@ def train_single_task(
     state = rule.init_state(1, dtype=next(iter(params.values())).dtype)
     ctx = InnerContext(cost_limit=env_cfg.cost_limit, create_graph=False)
     generator = torch.Generator().manual_seed(seed)
+    critics = {}
+    if critic_cfg is not None and critic_cfg.cost == "mlp":
+        critics["cost"] = MLPCritic(
+            policy.obs_dim,
+            tuple(critic_cfg.hidden),
+            critic_cfg.lr,
+            critic_cfg.epochs,
+            critic_cfg.minibatch,
+            seed=seed,
+        )
     returns, costs, env_steps = [], [], 0
     start = time.perf_counter()
     for iteration in range(iterations + 1):
@@ -70,7 +84,7 @@ def train_single_task(
         costs.append(float(batch.episode_cost[0]))
         if iteration == iterations:
             break  # the last batch only measures the final policy
-        data = prepare(batch, adv_cfg, env_cfg.episode_steps)
+        data = prepare(batch, adv_cfg, env_cfg.episode_steps, critics)
         live = {k: v.detach().requires_grad_() for k, v in params.items()}
         new, state, _ = rule.step(policy, [live], state, data, ctx)
         params = {k: v.detach() for k, v in new[0].items()}

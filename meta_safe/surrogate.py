@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from meta_safe.advantages import gae
+from meta_safe.critic import MLPCritic
 from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
 from meta_safe.rollout import Batch
 from meta_safe.value_baseline import discounted_returns, fit_linear_values, predict_values
@@ -50,18 +51,36 @@ class AdvantageConfig:
     cost_lam: float = 0.95  # cost GAE lambda
 
 
+Critics = dict[str, MLPCritic]
+
+
 @torch.no_grad()
-def advantages(batch: Batch, cfg: AdvantageConfig, horizon: int) -> tuple[Tensor, Tensor]:
-    """Reward and cost GAE ``[T, E, N]``, per-task linear values fitted on ``batch``."""
+def advantages(
+    batch: Batch, cfg: AdvantageConfig, horizon: int, critics: Critics | None = None
+) -> tuple[Tensor, Tensor]:
+    """Reward and cost GAE ``[T, E, N]``.
+
+    :param critics: persistent critics by signal (``"reward"``, ``"cost"``), trained on
+        ``batch`` first; a signal without one gets per-task linear values fitted on
+        ``batch`` (:mod:`meta_safe.value_baseline`).
+    """
+    critics = critics or {}
     result = []
-    for signal, gamma, lam in (
-        (batch.rewards, cfg.gamma, cfg.lam),
-        (batch.costs, cfg.cost_gamma, cfg.cost_lam),
+    for name, signal, gamma, lam in (
+        ("reward", batch.rewards, cfg.gamma, cfg.lam),
+        ("cost", batch.costs, cfg.cost_gamma, cfg.cost_lam),
     ):
         targets = discounted_returns(signal, batch.terminated, batch.truncated, gamma)
-        weights = fit_linear_values(batch.obs, batch.timestep, targets, horizon)
-        values = predict_values(weights, batch.obs, batch.timestep, horizon)
-        next_values = predict_values(weights, batch.next_obs, batch.timestep + 1, horizon)
+        if name in critics:
+            critic = critics[name]
+            with torch.enable_grad():
+                critic.fit(batch.obs, batch.timestep, targets, horizon)
+            values = critic.predict(batch.obs, batch.timestep, horizon)
+            next_values = critic.predict(batch.next_obs, batch.timestep + 1, horizon)
+        else:
+            weights = fit_linear_values(batch.obs, batch.timestep, targets, horizon)
+            values = predict_values(weights, batch.obs, batch.timestep, horizon)
+            next_values = predict_values(weights, batch.next_obs, batch.timestep + 1, horizon)
         adv, _ = gae(
             signal.double(), values, next_values, batch.terminated, batch.truncated, gamma, lam
         )
@@ -69,9 +88,11 @@ def advantages(batch: Batch, cfg: AdvantageConfig, horizon: int) -> tuple[Tensor
     return result[0], result[1]
 
 
-def prepare(batch: Batch, cfg: AdvantageConfig, horizon: int) -> list[PolicyData]:
+def prepare(
+    batch: Batch, cfg: AdvantageConfig, horizon: int, critics: Critics | None = None
+) -> list[PolicyData]:
     """Advantages + per-task :class:`PolicyData` from a freshly collected batch."""
-    adv_r, adv_c = advantages(batch, cfg, horizon)
+    adv_r, adv_c = advantages(batch, cfg, horizon, critics)
     return policy_data(batch, adv_r, adv_c, horizon)
 
 

@@ -20,12 +20,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from meta_safe.checkpoint import CHECKPOINT_NAME, load, save_atomic
+from meta_safe.data_sources import (
+    DynaRollouts,
+    InnerDataSource,
+    RealRollouts,
+    adaptation_info,
+    build_dyna,
+    held_out_errors,
+)
 from meta_safe.envs import make_batched_env, task_distribution
 from meta_safe.maml import adapt, meta_objectives, outer_cpo_step
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, constraint_margin
 from meta_safe.param_utils import flat_concat
 from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
+from meta_safe.rollout import Batch
 from meta_safe.surrogate import AdvantageConfig
+from stochastic_circle.tasks import CircleTask
 
 METRICS_FILE = "metrics.csv"
 RULE_META_KEYS = ("name", "learnable_outer_lr")
@@ -85,6 +95,7 @@ class MetaTrainer:
             torch.optim.Adam(self.rule.parameters(), lr=lr) if self.rule.learnable else None
         )
         self.adv_cfg = AdvantageConfig(**OmegaConf.to_container(cfg.advantage))
+        self.dyna, self.dyna_settings = build_dyna(cfg.dyna, cfg.env)
         self.iteration = 0
 
     # ------------------------------------------------------------------ state
@@ -96,6 +107,7 @@ class MetaTrainer:
             "rule": self.rule.state_dict(),
             "rule_optimizer": self.rule_optimizer.state_dict() if self.rule_optimizer else None,
             "config": OmegaConf.to_container(self.cfg),
+            "dyna": self.dyna.state_dict() if self.dyna is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -105,6 +117,8 @@ class MetaTrainer:
         self.rule.load_state_dict(state["rule"])
         if self.rule_optimizer is not None and state["rule_optimizer"] is not None:
             self.rule_optimizer.load_state_dict(state["rule_optimizer"])
+        if self.dyna is not None and state.get("dyna") is not None:
+            self.dyna.load_state_dict(state["dyna"])
 
     def save(self) -> Path:
         return save_atomic(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
@@ -119,6 +133,8 @@ class MetaTrainer:
         env = make_batched_env(
             cfg.env, tasks, meta_cfg.envs_per_task, iteration_seed(cfg.seed, i, 1)
         )
+        post_source = RealRollouts(env, meta_cfg.steps_per_env, self.adv_cfg, cfg.env.episode_steps)
+        source = self.inner_source(tasks, post_source, iteration_seed(cfg.seed, i, 1))
         generator = torch.Generator().manual_seed(iteration_seed(cfg.seed, i, 2))
         ctx = InnerContext(cost_limit=cfg.env.cost_limit, create_graph=not meta_cfg.first_order)
         meta = {k: v.detach().requires_grad_() for k, v in self.meta_params.items()}
@@ -127,15 +143,13 @@ class MetaTrainer:
             self.policy,
             meta,
             self.rule,
-            env,
+            source,
+            post_source,
             self.normalizer,
             meta_cfg.inner_steps,
-            meta_cfg.steps_per_env,
             ctx,
-            self.adv_cfg,
             generator,
             seed=iteration_seed(cfg.seed, i, 3),
-            horizon=cfg.env.episode_steps,
         )
         start = time.perf_counter()
         post = result.data[-1]
@@ -177,6 +191,9 @@ class MetaTrainer:
         for batch in result.batches:
             self.normalizer.update(batch.raw_obs)
         outer_time = time.perf_counter() - start
+        start = time.perf_counter()
+        model_metrics = self.update_model(result.batches, tasks, iteration_seed(cfg.seed, i, 4))
+        model_time = time.perf_counter() - start
 
         pre, post_batch = result.batches[0], result.batches[-1]
         lam = [m["lambda"].float().mean() for m in result.metrics if "lambda" in m]
@@ -195,11 +212,53 @@ class MetaTrainer:
             "outer_case": float(info["case"]),
             "rule_grad_norm": rule_grad_norm,
             "env_steps": float(sum(b.num_steps for b in result.batches)),
+            "model_steps": float(
+                sum(len(d.obs) for data in result.data for d in data)
+                - sum(b.num_steps for b in result.batches)
+            ),
             "time_sampling": result.times["sampling"],
             "time_inner_update": result.times["inner_update"],
             "time_meta_gradient": meta_gradient_time,
             "time_outer_step": outer_time,
+            "time_model": model_time,
+            **adaptation_info(result.infos),
+            **model_metrics,
         }
+
+    # -------------------------------------------------------------- dyna
+    def inner_source(
+        self, tasks: list[CircleTask], real: RealRollouts, seed: int
+    ) -> InnerDataSource:
+        """The inner loop's data: ``real`` without Dyna, else a small real batch + model."""
+        if self.dyna is None:
+            return real
+        env = make_batched_env(self.cfg.env, tasks, self.dyna_settings.real_envs_per_task, seed)
+        return DynaRollouts(
+            env,
+            tasks,
+            self.dyna,
+            self.dyna_settings,
+            self.cfg.meta.steps_per_env,
+            self.adv_cfg,
+            self.cfg.env.episode_steps,
+        )
+
+    def update_model(
+        self, batches: list[Batch], tasks: list[CircleTask], seed: int
+    ) -> dict[str, float]:
+        """Log the model's errors on the (unseen) post-adaptation batch, then fit it."""
+        if self.dyna is None:
+            return {}
+        metrics = {}
+        if self.dyna.ready:
+            metrics = held_out_errors(self.dyna.model, batches[-1], tasks)
+        if self.iteration % self.dyna_settings.train_every == 0:
+            generator = torch.Generator().manual_seed(seed)
+            metrics |= self.dyna.fit(
+                batches, tasks, generator, self.dyna_settings.uncertainty_steps
+            )
+        metrics["model_disagreement_limit"] = self.dyna.disagreement_limit
+        return metrics
 
 
 class MetricsLog:

@@ -41,6 +41,7 @@ def run(rule: str):
         cfg.env.episode_steps,
         AdvantageConfig(**cfg.advantage),
         seed=0,
+        critic_cfg=cfg.critic,
     )
     return result, cfg.env.cost_limit
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from meta_safe.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, task_gradients
 from meta_safe.meta_optimizers.cpo_layer import CPOLayerUpdate
+from meta_safe.meta_optimizers.cppo_em import CPPOEMUpdate
 from meta_safe.meta_optimizers.lagrangian import LagrangianUpdate
 from meta_safe.meta_optimizers.lstm import LSTMUpdate, log_sign_preprocess
 from meta_safe.meta_optimizers.pid import PIDLagrangianUpdate
@@ -46,6 +47,7 @@ RULES: dict[str, Callable[[], MetaOptimizer]] = {
     "cpo_closed_form": lambda: CPOLayerUpdate(solver="closed_form", cg_iters=5),
     "cpo_cvxpylayers": lambda: CPOLayerUpdate(solver="cvxpylayers", cg_iters=5),
     "trpo": lambda: TRPOUpdate(cg_iters=5),
+    "cppo_em": lambda: CPPOEMUpdate(cg_iters=5),
     "lagrangian": lambda: LagrangianUpdate(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
     # Larger step sizes than the defaults so the adaptation visibly moves the policy.
     "pid": lambda: PIDLagrangianUpdate(k_p=0.5, k_i=0.2, k_d=0.1, eta_reward=0.05, eta_cost=0.05),
@@ -282,6 +284,7 @@ EXPECTED_STATE = {
     "cpo_closed_form": {},
     "cpo_cvxpylayers": {},
     "trpo": {},
+    "cppo_em": {},
     "lagrangian": {"lambda": (NUM_TASKS,)},
     "pid": {"lambda": (NUM_TASKS,), "integral": (NUM_TASKS,), "prev_violation": (NUM_TASKS,)},
     "lstm": {"lambda": (NUM_TASKS,), "h": (NUM_TASKS, 28, 8), "c": (NUM_TASKS, 28, 8)},

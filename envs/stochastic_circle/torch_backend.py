@@ -345,6 +345,7 @@ class BatchedCircleEnv:
         self.state = torch.zeros(*shape, 6, dtype=dtype, device=self.device)
         self.elapsed = torch.zeros(shape, dtype=torch.long, device=self.device)
         self.final_obs = torch.zeros(*shape, OBS_DIM, dtype=dtype, device=self.device)
+        self.final_state = torch.zeros(*shape, 6, dtype=dtype, device=self.device)
         self._obs = torch.zeros(*shape, OBS_DIM, dtype=dtype, device=self.device)
 
     @property
@@ -400,6 +401,7 @@ class BatchedCircleEnv:
             self.model,
         )
         self.final_obs = obs
+        self.final_state = next_state
         if bool(truncated.any()):
             done = truncated.nonzero(as_tuple=True)
             next_state = next_state.clone()

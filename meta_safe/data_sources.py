@@ -1,0 +1,413 @@
+"""Where the inner loop's data comes from: real rollouts, or real plus model rollouts.
+
+The inner loop (:func:`meta_safe.maml.adapt`) asks a data source for one batch of
+:class:`~meta_safe.surrogate.PolicyData` per task and never learns which kind it
+got. :class:`RealRollouts` collects every sample in the env. :class:`DynaRollouts`
+collects a small real batch and adds imagined rollouts of a dynamics model
+(:mod:`meta_safe.dyna`) branched from the real states:
+
+* paths start from real states of the batch just collected (with their episode
+  clock), and end (``truncated``: GAE bootstraps from the value of the last
+  imagined state, nothing leaks across paths) at ``max_length`` steps, when their
+  accumulated ensemble disagreement passes a limit calibrated on real data after the
+  first model fit (``uncertainty_steps`` steps' worth of the mean one-step
+  disagreement, CMBPO), or where the real episode would end;
+* values are fitted on the real batch (complete episodes) and evaluated on imagined
+  states: short imagined paths would give truncated Monte-Carlo targets;
+* the share of model samples follows the model's current versus initial uncertainty,
+  with a floor of real data (:func:`meta_safe.dyna.model_env.model_fraction`);
+* the episode cost ``J_C`` of the constraint, and the return, are measured on real
+  episodes only.
+
+The post-adaptation batch of the meta-objective is always real.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from meta_safe.advantages import gae
+from meta_safe.dyna.model_env import ModelEnv, model_fraction
+from meta_safe.dyna.models import DynamicsModel, Transitions, context_from_tasks
+from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rollout import Batch, BatchedEnv, collect
+from meta_safe.surrogate import AdvantageConfig, PolicyData, policy_data, prepare
+from meta_safe.value_baseline import discounted_returns, fit_linear_values, predict_values
+from stochastic_circle.tasks import CircleTask
+
+
+@dataclass
+class InnerBatch:
+    """What a data source returns for one inner step.
+
+    :ivar data: per-task policy data (real and, for Dyna, imagined samples).
+    :ivar real: the real batch (``[T, E, N]``): its episodes measure the policy.
+    :ivar info: scalars to log (model share, imagined path lengths, ...).
+    """
+
+    data: list[PolicyData]
+    real: Batch
+    info: dict[str, float]
+
+
+class InnerDataSource(Protocol):
+    """One batch per task for inner step ``k`` with the behaviour policies ``params``."""
+
+    num_tasks: int
+
+    def inner_batch(
+        self,
+        k: int,
+        policy: GaussianPolicy,
+        params: Params,
+        normalizer: ObsNormalizer,
+        generator: torch.Generator,
+        seed: int,
+    ) -> InnerBatch: ...
+
+
+class RealRollouts:
+    """Every sample from the env: ``env.num_envs x steps_per_env`` steps per task."""
+
+    def __init__(
+        self, env: BatchedEnv, steps_per_env: int, adv_cfg: AdvantageConfig, horizon: int
+    ) -> None:
+        self.env, self.steps_per_env = env, steps_per_env
+        self.num_tasks = env.num_tasks
+        self.adv_cfg, self.horizon = adv_cfg, horizon
+
+    def inner_batch(
+        self,
+        k: int,
+        policy: GaussianPolicy,
+        params: Params,
+        normalizer: ObsNormalizer,
+        generator: torch.Generator,
+        seed: int,
+    ) -> InnerBatch:
+        """:param params: behaviour parameters, each tensor ``[T, ...]`` (detached)."""
+        batch = collect(
+            self.env, policy, params, normalizer, self.steps_per_env, generator, True, seed
+        )
+        return InnerBatch(prepare(batch, self.adv_cfg, self.horizon), batch, {})
+
+
+@dataclass
+class DynaSettings:
+    """The ``dyna`` config section without the model (see ``configs/dyna/*.yaml``)."""
+
+    real_envs_per_task: int = 1
+    model_envs_per_task: int = 16
+    model_steps: int = 50
+    max_length: int = 20
+    uncertainty_steps: float = 5.0
+    real_floor: float = 0.1
+    max_model_fraction: float = 0.9
+    train_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("real_envs_per_task", "model_envs_per_task", "model_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dyna.{name}={getattr(self, name)} is invalid: must be >= 1")
+        if not self.uncertainty_steps > 0:
+            raise ValueError(f"dyna.uncertainty_steps={self.uncertainty_steps} must be > 0")
+        if not 0 < self.real_floor <= 1:
+            raise ValueError(f"dyna.real_floor={self.real_floor} is invalid: must be in (0, 1]")
+        if not 0 <= self.max_model_fraction < 1:
+            raise ValueError(
+                f"dyna.max_model_fraction={self.max_model_fraction} is invalid: must be in [0, 1)"
+            )
+        if self.train_every < 1:
+            raise ValueError(f"dyna.train_every={self.train_every} is invalid: must be >= 1")
+
+
+class DynaState:
+    """The learned part of Dyna that persists across meta-iterations (checkpointed).
+
+    :ivar model: the dynamics model. :ivar disagreement_limit: per-path accumulated
+        disagreement limit (``inf`` until calibrated; stays ``inf`` for an exact model).
+    :ivar initial_disagreement: mean one-step disagreement at calibration.
+    :ivar fits: how many times the model was trained.
+    """
+
+    def __init__(self, model: DynamicsModel, needs_training: bool) -> None:
+        self.model = model
+        self.needs_training = needs_training
+        self.disagreement_limit = math.inf
+        self.initial_disagreement = math.nan
+        self.fits = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether imagined data may be used (a learned model must have been fitted)."""
+        return not self.needs_training or self.fits > 0
+
+    def mean_disagreement(self, states: Tensor, actions: Tensor, context: Tensor) -> float:
+        """Mean one-step disagreement on real ``states [M, 6]``, ``actions [M, 2]``."""
+        with torch.no_grad():
+            return float(self.model.predict(states, actions, context).disagreement.mean())
+
+    def fit(
+        self,
+        batches: list[Batch],
+        tasks: list[CircleTask],
+        generator: torch.Generator,
+        steps: float,
+    ) -> dict[str, float]:
+        """Add the real transitions of ``batches`` and (for a learned model) retrain it.
+
+        After the first fit, the disagreement limit is calibrated to ``steps`` x the mean
+        one-step disagreement on these transitions.
+        """
+        data = Transitions.cat([transitions(b, tasks) for b in batches])
+        self.model.add(data)
+        if not self.needs_training:
+            return {}
+        metrics = self.model.train_model(generator)
+        self.fits += 1
+        if self.fits == 1:
+            mean = self.mean_disagreement(data.states, data.actions, data.context)
+            self.initial_disagreement = mean
+            self.disagreement_limit = steps * mean if mean > 0 else math.inf
+        return {f"model_{k}": float(v) for k, v in metrics.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "disagreement_limit": self.disagreement_limit,
+            "initial_disagreement": self.initial_disagreement,
+            "fits": self.fits,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.disagreement_limit = state["disagreement_limit"]
+        self.initial_disagreement = state["initial_disagreement"]
+        self.fits = state["fits"]
+
+
+def transitions(batch: Batch, tasks: list[CircleTask]) -> Transitions:
+    """The real transitions of ``batch`` flattened over tasks, envs and steps."""
+    if batch.states is None or batch.next_states is None or batch.next_raw_obs is None:
+        raise ValueError(
+            "Dyna needs planar states in the batch: env.backend='torch' provides them "
+            "(valid choices for dyna other than 'none': env.backend=['torch'])"
+        )
+    T, E, N = batch.rewards.shape
+    context = context_from_tasks(tasks, batch.states.dtype)[:, None, None, :].expand(T, E, N, -1)
+    return Transitions(
+        states=batch.states.reshape(-1, 6),
+        actions=batch.actions.reshape(-1, batch.actions.shape[-1]),
+        context=context.reshape(-1, context.shape[-1]),
+        next_states=batch.next_states.reshape(-1, 6),
+        next_accels=batch.next_raw_obs[..., :2].reshape(-1, 2),
+    )
+
+
+class DynaRollouts:
+    """A small real batch plus imagined rollouts of ``state.model`` (see module docstring).
+
+    :param real_env: env with ``settings.real_envs_per_task`` envs per task.
+    :param tasks: the tasks of ``real_env`` (reward and cost functions of imagined steps).
+    """
+
+    def __init__(
+        self,
+        real_env: BatchedEnv,
+        tasks: list[CircleTask],
+        state: DynaState,
+        settings: DynaSettings,
+        steps_per_env: int,
+        adv_cfg: AdvantageConfig,
+        horizon: int,
+    ) -> None:
+        self.real_env, self.tasks, self.state, self.settings = real_env, tasks, state, settings
+        self.steps_per_env, self.adv_cfg, self.horizon = steps_per_env, adv_cfg, horizon
+        self.num_tasks = real_env.num_tasks
+
+    def inner_batch(
+        self,
+        k: int,
+        policy: GaussianPolicy,
+        params: Params,
+        normalizer: ObsNormalizer,
+        generator: torch.Generator,
+        seed: int,
+    ) -> InnerBatch:
+        real = collect(
+            self.real_env, policy, params, normalizer, self.steps_per_env, generator, True, seed
+        )
+        if not self.state.ready:
+            return InnerBatch(prepare(real, self.adv_cfg, self.horizon), real, {})
+        share = self.model_share(real)
+        real_samples = real.rewards[0].numel()
+        wanted = share / (1 - share) * real_samples
+        steps = self.settings.model_steps
+        envs = max(1, min(self.settings.model_envs_per_task, round(wanted / steps)))
+        start = real.states.flatten(1, 2)
+        model_env = ModelEnv(
+            self.state.model,
+            self.tasks,
+            start,
+            real.raw_obs[..., :2].flatten(1, 2),
+            real.timestep.flatten(1, 2),
+            envs,
+            self.settings.max_length,
+            self.state.disagreement_limit,
+            self.horizon,
+            seed=seed,
+        )
+        imagined = collect(model_env, policy, params, normalizer, steps, generator, True, seed)
+        data = merge(real, imagined, self.adv_cfg, self.horizon)
+        info = {"model_share": imagined.rewards[0].numel() / data[0].obs.shape[0]}
+        info.update({f"imagined_{k}": v for k, v in model_env.path_stats().items()})
+        return InnerBatch(data, real, info)
+
+    def model_share(self, real: Batch) -> float:
+        """Share of model samples for this update, from the model's disagreement on ``real``."""
+        data = transitions(real, self.tasks)
+        current = self.state.mean_disagreement(data.states, data.actions, data.context)
+        if not math.isfinite(self.state.initial_disagreement):
+            return self.settings.max_model_fraction  # exact model: no uncertainty to follow
+        return model_fraction(
+            current,
+            self.state.initial_disagreement,
+            self.settings.real_floor,
+            self.settings.max_model_fraction,
+        )
+
+
+@torch.no_grad()
+def merge(real: Batch, imagined: Batch, cfg: AdvantageConfig, horizon: int) -> list[PolicyData]:
+    """Per-task policy data of real and imagined samples together.
+
+    Values are fitted per task on the real batch and evaluated on both; GAE runs on
+    each batch separately (its paths end where they end); the reward advantages are
+    then normalised and the cost advantages centred over the union.
+    """
+    adv = {"real": [], "imagined": []}
+    for signal, gamma, lam in (
+        ("rewards", cfg.gamma, cfg.lam),
+        ("costs", cfg.cost_gamma, cfg.cost_lam),
+    ):
+        targets = discounted_returns(getattr(real, signal), real.terminated, real.truncated, gamma)
+        weights = fit_linear_values(real.obs, real.timestep, targets, horizon)
+        for name, batch in (("real", real), ("imagined", imagined)):
+            values = predict_values(weights, batch.obs, batch.timestep, horizon)
+            next_values = predict_values(weights, batch.next_obs, batch.timestep + 1, horizon)
+            result, _ = gae(
+                getattr(batch, signal).double(),
+                values,
+                next_values,
+                batch.terminated,
+                batch.truncated,
+                gamma,
+                lam,
+            )
+            adv[name].append(result.to(batch.rewards.dtype))
+    joined = join_batches(real, imagined)
+    adv_r = torch.cat([adv["real"][0].flatten(1, 2), adv["imagined"][0].flatten(1, 2)], 1)
+    adv_c = torch.cat([adv["real"][1].flatten(1, 2), adv["imagined"][1].flatten(1, 2)], 1)
+    return policy_data(joined, adv_r.unsqueeze(2), adv_c.unsqueeze(2), horizon)
+
+
+def join_batches(real: Batch, imagined: Batch) -> Batch:
+    """Samples of both batches as one ``[T, 1, M_real + M_imagined]`` batch.
+
+    Episode statistics (return, cost, count) are the real batch's.
+    """
+    joined = {}
+    for name in ("obs", "actions", "log_probs", "rewards", "costs"):
+        a, b = getattr(real, name), getattr(imagined, name)
+        joined[name] = torch.cat([a.flatten(1, 2), b.flatten(1, 2)], 1).unsqueeze(1)
+    placeholder = joined["rewards"]
+    return Batch(
+        raw_obs=joined["obs"],
+        obs=joined["obs"],
+        next_obs=joined["obs"],
+        actions=joined["actions"],
+        log_probs=joined["log_probs"],
+        rewards=joined["rewards"],
+        costs=joined["costs"],
+        terminated=torch.zeros_like(placeholder, dtype=torch.bool),
+        truncated=torch.zeros_like(placeholder, dtype=torch.bool),
+        timestep=torch.zeros_like(placeholder, dtype=torch.long),
+        episode_return=real.episode_return,
+        episode_cost=real.episode_cost,
+        episodes=real.episodes,
+    )
+
+
+def build_dyna(dyna_cfg: Any, env_cfg: Any) -> tuple[DynaState | None, DynaSettings | None]:
+    """The Dyna state and settings of the ``dyna`` config group (``None`` for ``none``)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if dyna_cfg is None or dyna_cfg.get("name", "none") == "none":
+        return None, None
+    if env_cfg.backend != "torch" or env_cfg.robot != "point":
+        raise ValueError(
+            f"dyna={dyna_cfg.name!r} with env.backend={env_cfg.backend!r}, "
+            f"env.robot={env_cfg.robot!r}: model rollouts need planar states, valid with "
+            "env.backend='torch' and env.robot='point' (or use dyna=none)"
+        )
+    spec = OmegaConf.to_container(dyna_cfg)
+    model = instantiate(spec.pop("model"))
+    learned = bool(spec.pop("learned", True))
+    spec.pop("name", None)
+    return DynaState(model, needs_training=learned), DynaSettings(**spec)
+
+
+def adaptation_info(infos: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each data-source scalar over the collections that reported it."""
+    keys = sorted({k for info in infos for k in info})
+    return {k: sum(i[k] for i in infos if k in i) / sum(k in i for i in infos) for k in keys}
+
+
+def held_out_errors(
+    model: DynamicsModel,
+    batch: Batch,
+    tasks: list[CircleTask],
+    horizon: int = 25,
+    starts: tuple[int, ...] = (100, 300),
+) -> dict[str, float]:
+    """Model errors on real trajectory segments of ``batch`` (not yet trained on).
+
+    Segments of ``horizon`` steps start at each of ``starts`` in every env; segments
+    that cross an episode end are skipped. :return: ``model_err/<name>`` metrics.
+    """
+    if batch.states is None or batch.next_states is None:
+        return {}
+    T, E, N = batch.rewards.shape
+    context = context_from_tasks(tasks, batch.states.dtype)
+    states, actions, contexts = [], [], []
+    for start in starts:
+        stop = start + horizon
+        if stop > N:
+            continue
+        ended = (batch.terminated | batch.truncated)[:, :, start : stop - 1].any(-1)  # [T, E]
+        keep = ~ended
+        path = torch.cat(
+            [batch.states[:, :, start:stop], batch.next_states[:, :, stop - 1 : stop]], 2
+        )
+        states.append(path[keep])
+        actions.append(batch.actions[:, :, start:stop][keep])
+        contexts.append(context[:, None, :].expand(T, E, -1)[keep])
+    if not states or sum(len(s) for s in states) == 0:
+        return {}
+    from meta_safe.dyna.metrics import prediction_errors
+
+    errors = prediction_errors(
+        model,
+        torch.cat(states),
+        torch.cat(actions),
+        torch.cat(contexts),
+        horizons=(1, 5, horizon),
+        generator=torch.Generator().manual_seed(0),
+    )
+    return {f"model_err/{k}": v for k, v in errors.items()}
