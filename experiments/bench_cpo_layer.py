@@ -56,8 +56,10 @@ def main() -> None:
 
     torch.set_num_threads(1)  # a fair, reproducible comparison on a shared 2-core machine
     print(f"CPO dual solve + backward, P = {args.params}, median of {args.repeats} repeats\n")
-    print("| tasks | closed form (ms) | cvxpylayers (ms) | cvxpylayers / closed form | "
-          "max rel. step diff |")
+    print(
+        "| tasks | closed form (ms) | cvxpylayers (ms) | cvxpylayers / closed form | "
+        "max rel. step diff |"
+    )
     print("|---:|---:|---:|---:|---:|")
     for tasks in args.tasks:
         batch = make_active_batch(tasks, args.params, args.delta)

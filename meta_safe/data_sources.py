@@ -174,7 +174,7 @@ class DynaState:
             mean = self.mean_disagreement(data.states, data.actions, data.context)
             self.initial_disagreement = mean
             self.disagreement_limit = steps * mean if mean > 0 else math.inf
-        return {f"model_{k}": float(v) for k, v in metrics.items()}
+        return {k if k.startswith("model") else f"model/{k}": float(v) for k, v in metrics.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -78,11 +78,13 @@ def main(argv: list[str]) -> int:
         print("error: checkpoint=<run dir or checkpoint.pt> is required", file=sys.stderr)
         return 2
     unknown = [
-        k for k in cli if k not in ("checkpoint", "tasks", "out", "env", "evaluation", "runtime")
+        k
+        for k in cli
+        if k not in ("checkpoint", "tasks", "out", "stem", "env", "evaluation", "runtime")
     ]
     if unknown:
         print(
-            f"error: unknown keys {unknown}: valid are checkpoint, tasks, out, "
+            f"error: unknown keys {unknown}: valid are checkpoint, tasks, out, stem, "
             f"{', '.join(OVERRIDABLE)}",
             file=sys.stderr,
         )
@@ -103,7 +105,7 @@ def main(argv: list[str]) -> int:
     trainer.load_state_dict(state)
     report = evaluate_trainer(trainer, cfg, cli.get("tasks"))
     out = Path(str(cli.get("out", run_dir)))
-    paths = report.write(out, stem=f"evaluation_{cfg.env.backend}")
+    paths = report.write(out, stem=str(cli.get("stem", f"evaluation_{cfg.env.backend}")))
     print(
         report.table(
             f"{cfg.meta_optimizer.name}: {len(report.tasks)} {cfg.evaluation.split} "

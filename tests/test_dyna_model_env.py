@@ -9,7 +9,13 @@ import torch
 from torch import Tensor
 
 from meta_safe.dyna.model_env import ModelEnv, calibrate_disagreement_limit, model_fraction
-from meta_safe.dyna.models import KnownModel, Prediction, Transitions, context_from_tasks
+from meta_safe.dyna.models import (
+    EnsembleModel,
+    KnownModel,
+    Prediction,
+    Transitions,
+    context_from_tasks,
+)
 from meta_safe.policy import GaussianPolicy, ObsNormalizer
 from meta_safe.rollout import collect, stack_params
 from meta_safe.surrogate import AdvantageConfig, prepare
@@ -132,10 +138,10 @@ def test_auto_reset_restores_a_start_state_and_keeps_final_obs() -> None:
     action = torch.ones(2, 5, 2)
     obs, *_, truncated = env.step(action)
     assert truncated.all()
-    expected_next, expected_accel = KnownModel().predict(
+    expected = KnownModel().predict(
         before, action, context_from_tasks(TASKS).unsqueeze(1).expand(2, 5, 2)
-    )[:2]
-    torch.testing.assert_close(env.final_obs, observe(expected_next, expected_accel))
+    )
+    torch.testing.assert_close(env.final_obs, observe(expected.next_states, expected.next_accels))
     assert not torch.allclose(env.final_obs, obs)
     start_obs = observe(states, accels)  # [T, 3, 28]
     for t in range(2):
@@ -167,6 +173,8 @@ def test_collect_runs_on_model_env_end_to_end() -> None:
     assert torch.equal(batch.truncated, expected.expand(2, 3, 12))
     assert not batch.terminated.any()
     assert torch.equal(batch.episodes, torch.tensor([9, 9]))
+    # the real-episode clock of every step: the start states were 30 steps into an episode
+    assert torch.equal(env.step_timesteps(), batch.timestep + 30)
     assert torch.isfinite(batch.episode_return).all() and torch.isfinite(batch.episode_cost).all()
     data = prepare(batch, AdvantageConfig(), horizon=500)
     assert len(data) == 2
@@ -174,6 +182,55 @@ def test_collect_runs_on_model_env_end_to_end() -> None:
         assert task.obs.shape == (36, 28) and task.reward_adv.shape == (36,)
         assert torch.isfinite(task.reward_adv).all() and torch.isfinite(task.cost_adv).all()
     assert env.path_stats()["stopped_by_uncertainty"] == 1
+
+
+def test_collect_with_a_learned_ensemble_and_calibrated_limit() -> None:
+    """The whole model side: real data -> ensemble -> calibrated limit -> imagined batch."""
+    real = BatchedCircleEnv(TASKS, num_envs=4, seed=0, fast=False)
+    real.reset()
+    g = torch.Generator().manual_seed(0)
+    context = context_from_tasks(TASKS).unsqueeze(1).expand(2, 4, 2)
+    parts, starts, accels, clocks = [], [], [], []
+    for _ in range(150):
+        state = real.state.clone()
+        action = torch.randn(2, 4, 2, generator=g)
+        obs, *_ = real.step(action)
+        parts.append(Transitions.flatten(state, action, context, real.state, obs[..., :2]))
+        starts.append(real.state)
+        accels.append(obs[..., :2])
+        clocks.append(real.elapsed)
+    data = Transitions.cat(parts)
+    model = EnsembleModel(members=4, elites=3, hidden=(32, 32), max_updates=300)
+    model.add(data)
+    metrics = model.train_model(torch.Generator().manual_seed(0))
+    assert metrics["model/holdout_mse"] < metrics["model/holdout_mse_start"]
+    limit = calibrate_disagreement_limit(model, data, steps_worth=5.0)
+    assert 0 < limit < math.inf
+    env = ModelEnv(
+        model,
+        TASKS,
+        torch.cat(starts, 1),
+        torch.cat(accels, 1),
+        torch.cat(clocks, 1),
+        num_envs=6,
+        max_length=20,
+        disagreement_limit=limit,
+    )
+    policy = GaussianPolicy(env.obs_dim, env.action_dim, hidden=(16,))
+    batch = collect(
+        env,
+        policy,
+        policy.init_params(),
+        ObsNormalizer(env.obs_dim),
+        steps=40,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert not batch.terminated.any() and batch.truncated.any()
+    assert torch.isfinite(batch.obs).all() and torch.isfinite(batch.rewards).all()
+    stats = env.path_stats()
+    assert 1 <= stats["mean_path_length"] <= 20 and stats["stopped_by_uncertainty"] > 0
+    for task in prepare(batch, AdvantageConfig(), horizon=500):
+        assert torch.isfinite(task.reward_adv).all() and torch.isfinite(task.cost_adv).all()
 
 
 def test_model_env_is_reproducible_from_its_seed() -> None:

@@ -136,9 +136,16 @@ def test_transitions_validate_slice_cat_and_flatten() -> None:
     both = Transitions.cat([data[:5], data[5:]])
     assert all(torch.equal(getattr(both, k), getattr(data, k)) for k in ("states", "actions"))
     with pytest.raises(ValueError, match="Transitions.actions"):
-        Transitions(data.states, data.actions[:, :1], data.context, data.next_states, data.next_accels)
+        Transitions(
+            data.states, data.actions[:, :1], data.context, data.next_states, data.next_accels
+        )
     with pytest.raises(ValueError, match="parts is empty"):
         Transitions.cat([])
+    per_row = context.unsqueeze(1).expand(3, 4, 2)  # same leading shape as states
+    rows = Transitions.flatten(states[:, :-1], actions, per_row, states[:, 1:], accels)
+    assert torch.equal(rows.context, data.context)
+    with pytest.raises(ValueError, match="context has shape"):
+        Transitions.flatten(states[:, :-1], actions, context[0], states[:, 1:], accels)
 
 
 def test_mean_pairwise_kl_known_values() -> None:

@@ -4,7 +4,8 @@
 start step ``t0`` with ``t0 + max(horizons) <= H`` the model is rolled out on the real
 actions, fed its own predictions, and compared with the real states after ``h`` steps.
 Errors are root-mean-square Euclidean errors of the planar position ``(x, y)`` (metres)
-and velocity ``(vx, vy)`` (m/s), plus the wrapped heading error (radians).
+and velocity ``(vx, vy)`` (m/s), plus the wrapped heading error (radians) and the
+turn-rate error (rad/s).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ def _rmse(error: Tensor) -> float:
 
 
 def state_errors(predicted: Tensor, real: Tensor) -> dict[str, float]:
-    """RMSE of position, velocity and heading between ``[N, 6]`` state tensors."""
+    """RMSE of position, velocity, heading and turn rate between ``[N, 6]`` state tensors."""
     turn = torch.remainder(predicted[:, 2] - real[:, 2] + math.pi, 2 * math.pi) - math.pi
     return {
         "pos_rmse": _rmse(predicted[:, :2] - real[:, :2]),
         "vel_rmse": _rmse(predicted[:, 3:5] - real[:, 3:5]),
         "heading_rmse": _rmse(turn.unsqueeze(-1)),
+        "omega_rmse": _rmse((predicted[:, 5] - real[:, 5]).unsqueeze(-1)),
     }
 
 

@@ -143,6 +143,7 @@ class ModelEnv:
         self.path_steps = torch.zeros(shape, dtype=torch.long)
         self.path_disagreement = torch.zeros(shape, dtype=self.dtype)
         self.final_obs = torch.zeros(*shape, OBS_DIM, dtype=self.dtype)
+        self._clock_log: list[Tensor] = []
         self._reset_stats()
 
     @property
@@ -178,6 +179,7 @@ class ModelEnv:
         self.path_steps.zero_()
         self.path_disagreement.zero_()
         self._reset_stats()
+        self._clock_log = []
         return observe(self.state, accels.reshape(*shape, ACCEL_DIM))
 
     # ------------------------------------------------------------------ step
@@ -192,6 +194,7 @@ class ModelEnv:
         expected = (self.num_tasks, self.num_envs, ACTION_DIM)
         if tuple(action.shape) != expected:
             raise ValueError(f"action shape {tuple(action.shape)} is invalid: expected {expected}")
+        self._clock_log.append(self.elapsed.clone())
         pred = self.model.predict(
             self.state, action.to(self.dtype), self.context, generator=self.generator
         )
@@ -227,6 +230,20 @@ class ModelEnv:
             self.path_disagreement[done] = 0.0
         self.state = next_state
         return obs, reward, cost, terminated, truncated
+
+    def step_timesteps(self) -> Tensor:
+        """Real-episode timestep of the state every step since :meth:`reset` acted in.
+
+        :func:`meta_safe.rollout.collect` records ``Batch.timestep`` counted from each
+        path's start; this is the real-episode clock of the same steps (start timestep +
+        steps taken), for time-aware value features.
+
+        :return: ``[T, E, N]`` long for the ``N`` steps since the last reset (same layout
+            as ``Batch.timestep``).
+        """
+        if not self._clock_log:
+            return torch.zeros(self.num_tasks, self.num_envs, 0, dtype=torch.long)
+        return torch.stack(self._clock_log, 2)
 
     # ------------------------------------------------------------------ statistics
     def _reset_stats(self) -> None:

@@ -1,0 +1,152 @@
+"""Aggregate a results directory of ``run_variants.py`` into a table and figures.
+
+Reads ``<dir>/<variant>/seed*/<stem>.json`` (adaptation reports written by
+``meta_safe.meta_trainer`` / ``meta_safe.evaluate`` / ``scratch_baseline.py``) and
+writes ``<dir>/<stem>_table.md``, ``<stem>_curves.png`` (adaptation curves) and
+``<stem>_scatter.png`` (return versus cost after adaptation, limit drawn)::
+
+    .venv/bin/python experiments/aggregate.py runs/compare                # evaluation.json
+    .venv/bin/python experiments/aggregate.py runs/compare --stem evaluation_mujoco
+
+Each seed contributes its mean over held-out tasks; the table gives the mean and
+standard error of those per-seed means (so the error bars are across seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def load_variant(directory: Path, stem: str) -> list[dict[str, Any]]:
+    """Per-seed reports of one variant (sorted by seed directory)."""
+    reports = []
+    for seed_dir in sorted(directory.glob("seed*")):
+        path = seed_dir / f"{stem}.json"
+        if path.exists():
+            report = json.loads(path.read_text())
+            suffix = stem.removeprefix("evaluation")  # "" or "_mujoco"
+            wall = seed_dir / f"wall_clock{suffix}.txt"
+            report["wall_clock"] = float(wall.read_text()) if wall.exists() else math.nan
+            reports.append(report)
+    return reports
+
+
+def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across-seed mean and s.e. of the per-seed task means, per inner step."""
+    steps = len(reports[0]["summary"]["mean_return"])
+    result: dict[str, Any] = {"seeds": len(reports), "steps": steps}
+    for key in ("mean_return", "mean_cost", "within_limit"):
+        per_step = [mean_se([r["summary"][key][k] for r in reports]) for k in range(steps)]
+        result[key] = [m for m, _ in per_step]
+        result[key + "_se"] = [s for _, s in per_step]
+    result["wall_clock"] = mean_se([r["wall_clock"] for r in reports if "wall_clock" in r])[0]
+    result["env_steps_per_step"] = reports[0].get("env_steps_per_step", math.nan)
+    result["cost_limit"] = reports[0]["cost_limit"]
+    result["tasks"] = len(reports[0]["tasks"])
+    return result
+
+
+def table(summaries: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| variant | seeds | return before | return after K | cost after K "
+        "| within limit after K | real steps per update per task | wall-clock per run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summaries.items():
+        lines.append(
+            f"| {name} | {s['seeds']} | {s['mean_return'][0]:.2f} ± {s['mean_return_se'][0]:.2f} "
+            f"| {s['mean_return'][-1]:.2f} ± {s['mean_return_se'][-1]:.2f} "
+            f"| {s['mean_cost'][-1]:.1f} ± {s['mean_cost_se'][-1]:.1f} "
+            f"| {100 * s['within_limit'][-1]:.0f}% ± {100 * s['within_limit_se'][-1]:.0f} "
+            f"| {s['env_steps_per_step']:,} | {s['wall_clock']:.0f} s |"
+        )
+    any_s = next(iter(summaries.values()))
+    lines += [
+        "",
+        f"K = {any_s['steps'] - 1} inner steps on {any_s['tasks']} held-out tasks, cost limit "
+        f"{any_s['cost_limit']:g}. Mean ± standard error across seeds of each seed's mean "
+        "over tasks.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(summaries: dict[str, dict[str, Any]], out: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    limit = next(iter(summaries.values()))["cost_limit"]
+    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, s in summaries.items():
+        steps = list(range(s["steps"]))
+        ax_r.errorbar(steps, s["mean_return"], yerr=s["mean_return_se"], marker="o", label=name)
+        ax_c.errorbar(steps, s["mean_cost"], yerr=s["mean_cost_se"], marker="o", label=name)
+    ax_c.axhline(limit, ls="--", color="k", label="cost limit")
+    ax_r.set(xlabel="inner steps", ylabel="episode return", title="held-out return")
+    ax_c.set(xlabel="inner steps", ylabel="episode cost", title="held-out cost")
+    ax_c.legend(fontsize=8)
+    fig.tight_layout()
+    curves = out / f"{stem}_curves.png"
+    fig.savefig(curves, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, s in summaries.items():
+        ax.errorbar(
+            s["mean_cost"][-1],
+            s["mean_return"][-1],
+            xerr=s["mean_cost_se"][-1],
+            yerr=s["mean_return_se"][-1],
+            marker="o",
+            label=name,
+        )
+    ax.axvline(limit, ls="--", color="k", label="cost limit")
+    ax.set(xlabel="episode cost after K steps", ylabel="episode return after K steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    scatter = out / f"{stem}_scatter.png"
+    fig.savefig(scatter, dpi=120)
+    plt.close(fig)
+    return [curves, scatter]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("directory", help="output directory of run_variants.py")
+    parser.add_argument("--stem", default="evaluation", help="report name: evaluation[_mujoco]")
+    parser.add_argument("--order", help="comma-separated variant order (default: sorted)")
+    args = parser.parse_args()
+    root = Path(args.directory)
+    names = args.order.split(",") if args.order else sorted(p.name for p in root.iterdir())
+    summaries = {}
+    for name in names:
+        reports = load_variant(root / name, args.stem) if (root / name).is_dir() else []
+        if reports:
+            summaries[name] = summarise(reports)
+    if not summaries:
+        raise SystemExit(f"no {args.stem}.json under {root}/<variant>/seed*/")
+    text = table(summaries)
+    (root / f"{args.stem}_table.md").write_text(text + "\n")
+    (root / f"{args.stem}_summary.json").write_text(json.dumps(summaries, indent=1))
+    paths = plot(summaries, root, args.stem)
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in [root / f"{args.stem}_table.md", *paths]))
+
+
+if __name__ == "__main__":
+    main()

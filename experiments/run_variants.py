@@ -1,0 +1,117 @@
+"""Meta-train and evaluate named variants over several seeds, in parallel processes.
+
+Every run is the ordinary entry point (``python -m meta_safe.meta_trainer``) in its own
+process and run directory ``<out>/<variant>/seed<k>``, so any single result can be
+reproduced alone with the command printed for it. A variant is ``name:override,...``::
+
+    .venv/bin/python experiments/run_variants.py --out runs/compare --seeds 0,1,2 --jobs 2 \
+        --variant cpo_layer:meta_optimizer=cpo_layer --variant trpo:meta_optimizer=trpo
+
+``--extra-eval name:override,...`` also evaluates each finished checkpoint under other
+settings (``python -m meta_safe.evaluate``), writing ``evaluation_<name>.json``, e.g.
+``--extra-eval mujoco:env.backend=mujoco`` (transfer of a torch-trained point policy
+to the MuJoCo simulator) or ``--extra-eval in_dist:evaluation.split=meta_train``
+(unseen tasks drawn from the training ranges).
+Finished runs (an ``evaluation.json`` exists) are skipped, so an interrupted grid
+resumes where it stopped. Aggregate with ``experiments/aggregate.py <out>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"name:a=1,b=2"`` -> ``("name", ["a=1", "b=2"])``."""
+    name, _, overrides = text.partition(":")
+    if not name or "/" in name:
+        raise ValueError(f"variant {text!r} is invalid: expected name:override,override,...")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` with one torch thread, output to ``log``; returns wall-clock seconds."""
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("w") as handle:
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    return time.perf_counter() - start
+
+
+def train_and_evaluate(
+    run_dir: Path, overrides: list[str], seed: int, extra: list[tuple[str, list[str]]]
+) -> str:
+    """Train + evaluate one (variant, seed), then run the extra evaluations."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    messages = []
+    if not (run_dir / "evaluation.json").exists():
+        cmd = [
+            sys.executable,
+            "-m",
+            "meta_safe.meta_trainer",
+            *overrides,
+            f"seed={seed}",
+            f"run_dir={run_dir}",
+            "runtime.progress=false",
+        ]
+        print("$ " + " ".join(cmd[1:]), flush=True)
+        seconds = run(cmd, run_dir / "train.log")
+        (run_dir / "wall_clock.txt").write_text(f"{seconds:.1f}\n")
+        messages.append(f"{run_dir}: trained + evaluated in {seconds:.0f} s")
+    for name, eval_overrides in extra:
+        if (run_dir / f"evaluation_{name}.json").exists():
+            continue
+        cmd = [
+            sys.executable,
+            "-m",
+            "meta_safe.evaluate",
+            f"checkpoint={run_dir}",
+            f"stem=evaluation_{name}",
+            *eval_overrides,
+        ]
+        print("$ " + " ".join(cmd[1:]), flush=True)
+        seconds = run(cmd, run_dir / f"evaluate_{name}.log")
+        (run_dir / f"wall_clock_{name}.txt").write_text(f"{seconds:.1f}\n")
+        messages.append(f"{run_dir}: {name} evaluation in {seconds:.0f} s")
+    return "; ".join(messages) or f"{run_dir}: already done"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="results directory")
+    parser.add_argument(
+        "--variant", action="append", required=True, help="name:override,override (repeat)"
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 per core)")
+    parser.add_argument(
+        "--extra-eval", action="append", default=[], help="name:override,... (repeat)"
+    )
+    parser.add_argument("overrides", nargs="*", help="hydra overrides for every run")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [parse_variant(v) for v in args.variant]
+    extra = [parse_variant(e) for e in args.extra_eval]
+    jobs = [
+        (out / name / f"seed{seed}", [*args.overrides, *overrides], seed, extra)
+        for name, overrides in variants
+        for seed in seeds
+    ]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for message in pool.map(lambda job: train_and_evaluate(*job), jobs):
+            print(message, flush=True)
+    print(f"{len(jobs)} runs in {time.perf_counter() - start:.0f} s wall-clock")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The "trained from scratch" row: a policy trained on each held-out task from a random
+initialisation, with the same number of updates and real steps as adaptation.
+
+For every held-out task of the evaluation config (same tasks, same seeds as
+``meta_safe.evaluate``) it runs K = ``evaluation.inner_steps`` updates of the chosen
+rule (default CPO), each on ``evaluation.envs_per_task x evaluation.steps_per_env``
+fresh steps, and writes an adaptation report in the format of the meta-trained runs
+to ``<out>/seed<k>/evaluation.json``, so ``experiments/aggregate.py`` tabulates it next
+to them::
+
+    .venv/bin/python experiments/scratch_baseline.py --out runs/compare/cpo_scratch \
+        --seeds 0,1,2 meta_optimizer=cpo_layer
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from meta_safe.config import validate
+from meta_safe.evaluate import held_out_tasks
+from meta_safe.evaluation import AdaptationReport
+from meta_safe.policy import GaussianPolicy
+from meta_safe.single_task import train_single_task
+from meta_safe.surrogate import AdvantageConfig
+from meta_safe.trainer import build_rule, probe_obs_dim
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. env.cost_limit=25")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = validate(compose("config", overrides=args.overrides))
+    ev = cfg.evaluation
+    tasks = held_out_tasks(cfg)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        policy = GaussianPolicy(
+            probe_obs_dim(cfg.env),
+            2,
+            cfg.policy.hidden,
+            cfg.policy.activation,
+            cfg.policy.log_std_init,
+        )
+        returns, costs = [], []
+        for index, task in enumerate(tasks):
+            result = train_single_task(
+                cfg.env,
+                task,
+                build_rule(cfg.meta_optimizer),
+                policy,
+                ev.inner_steps,
+                ev.envs_per_task,
+                ev.steps_per_env,
+                AdvantageConfig(**cfg.advantage),
+                seed=ev.seed + 1000 * seed + index,
+                critic_cfg=cfg.critic,
+            )
+            returns.append(result.returns)
+            costs.append(result.costs)
+        report = AdaptationReport(
+            tasks, returns, costs, cfg.env.cost_limit, ev.envs_per_task * ev.steps_per_env
+        )
+        seed_dir = Path(args.out) / f"seed{seed}"
+        report.write(seed_dir, stem="evaluation")
+        seconds = time.perf_counter() - start
+        (seed_dir / "wall_clock.txt").write_text(f"{seconds:.1f}\n")
+        print(report.table(f"{cfg.meta_optimizer.name} from scratch, seed {seed}"))
+        print(f"seed {seed}: {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
