@@ -174,7 +174,9 @@ def test_collect_runs_on_model_env_end_to_end() -> None:
     assert not batch.terminated.any()
     assert torch.equal(batch.episodes, torch.tensor([9, 9]))
     # the real-episode clock of every step: the start states were 30 steps into an episode
-    assert torch.equal(env.step_timesteps(), batch.timestep + 30)
+    clock = (30 + torch.arange(12) % 4).expand(2, 3, 12)
+    assert torch.equal(env.step_timesteps(), clock)
+    assert torch.equal(batch.timestep, clock)  # collect reads env.elapsed
     assert torch.isfinite(batch.episode_return).all() and torch.isfinite(batch.episode_cost).all()
     data = prepare(batch, AdvantageConfig(), horizon=500)
     assert len(data) == 2

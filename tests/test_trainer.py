@@ -40,21 +40,39 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("rule", ["pid", "cpo_layer"])
-def test_resume_continues_exactly(tmp_path: Path, rule: str) -> None:
+SMALL_ENSEMBLE = [
+    "dyna=ensemble",
+    "dyna.model.members=3",
+    "dyna.model.elites=2",
+    "dyna.model.hidden=[16]",
+    "dyna.model.max_updates=30",
+    "dyna.model_envs_per_task=2",
+    "dyna.model_steps=10",
+]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["meta_optimizer=pid"],
+        ["meta_optimizer=cpo_layer"],
+        ["meta_optimizer=cppo_em", *SMALL_ENSEMBLE],
+    ],
+    ids=["pid", "cpo_layer", "cppo_em+ensemble"],
+)
+def test_resume_continues_exactly(tmp_path: Path, overrides: list[str]) -> None:
     full = tmp_path / "full"
-    train(tiny_cfg(f"meta_optimizer={rule}", "meta.iterations=3"), full)
+    train(tiny_cfg(*overrides, "meta.iterations=3"), full)
     interrupted = tmp_path / "interrupted"
-    train(tiny_cfg(f"meta_optimizer={rule}", "meta.iterations=2"), interrupted)
-    resumed = train(
-        tiny_cfg(f"meta_optimizer={rule}", "meta.iterations=3", "resume=true"), interrupted
-    )
+    train(tiny_cfg(*overrides, "meta.iterations=2"), interrupted)
+    resumed = train(tiny_cfg(*overrides, "meta.iterations=3", "resume=true"), interrupted)
     assert resumed.iteration == 3
     rows_full, rows_resumed = read_metrics(full), read_metrics(interrupted)
     assert len(rows_full) == len(rows_resumed) == 3
     for a, b in zip(rows_full, rows_resumed, strict=True):
         for key in ("pre_return", "post_return", "post_cost", "outer_kl", "multiplier"):
             assert a[key] == b[key], key
+        assert a.get("model_share") == b.get("model_share")
     final_full, final_resumed = load(full), load(interrupted)
     for key, value in final_full["meta_params"].items():
         assert torch.equal(value, final_resumed["meta_params"][key])
