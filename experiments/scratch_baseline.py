@@ -10,6 +10,9 @@ to them::
 
     .venv/bin/python experiments/scratch_baseline.py --out runs/compare/cpo_scratch \
         --seeds 0,1,2 meta_optimizer=cpo_layer
+    # the same on unseen tasks from the training ranges, next to run_variants' in_dist
+    .venv/bin/python experiments/scratch_baseline.py --out runs/compare/cpo_scratch \
+        --seeds 0,1,2 --stem evaluation_in_dist evaluation.split=meta_train
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--stem", default="evaluation", help="report name (evaluation[_<name>])")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. env.cost_limit=25")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -73,9 +77,10 @@ def main() -> None:
             tasks, returns, costs, cfg.env.cost_limit, ev.envs_per_task * ev.steps_per_env
         )
         seed_dir = Path(args.out) / f"seed{seed}"
-        report.write(seed_dir, stem="evaluation")
+        report.write(seed_dir, stem=args.stem)
         seconds = time.perf_counter() - start
-        (seed_dir / "wall_clock.txt").write_text(f"{seconds:.1f}\n")
+        suffix = args.stem.removeprefix("evaluation")
+        (seed_dir / f"wall_clock{suffix}.txt").write_text(f"{seconds:.1f}\n")
         print(report.table(f"{cfg.meta_optimizer.name} from scratch, seed {seed}"))
         print(f"seed {seed}: {seconds:.0f} s")
 

@@ -283,33 +283,52 @@ class DynaRollouts:
 
 
 @torch.no_grad()
-def merge(real: Batch, imagined: Batch, cfg: AdvantageConfig, horizon: int) -> list[PolicyData]:
+def merge(
+    real: Batch, imagined: Batch, cfg: AdvantageConfig, horizon: int, value_rounds: int = 1
+) -> list[PolicyData]:
     """Per-task policy data of real and imagined samples together.
 
-    Values are fitted per task on the real batch and evaluated on both; GAE runs on
-    each batch separately (its paths end where they end); the reward advantages are
-    then normalised and the cost advantages centred over the union.
+    Values: fitted per task on the real batch's Monte-Carlo returns (complete episodes),
+    then ``value_rounds`` times refitted on the GAE-lambda returns of *both* batches
+    (fitted value iteration: imagined paths are too short for Monte-Carlo targets, but
+    their lambda-returns bootstrap from the previous values, so the model's data also
+    improves the baseline). GAE runs on each batch separately (paths end where they
+    end); reward advantages are then normalised and cost advantages centred over the
+    union.
     """
-    adv = {"real": [], "imagined": []}
+    adv: dict[str, list[Tensor]] = {"real": [], "imagined": []}
+    batches = (("real", real), ("imagined", imagined))
     for signal, gamma, lam in (
         ("rewards", cfg.gamma, cfg.lam),
         ("costs", cfg.cost_gamma, cfg.cost_lam),
     ):
         targets = discounted_returns(getattr(real, signal), real.terminated, real.truncated, gamma)
         weights = fit_linear_values(real.obs, real.timestep, targets, horizon)
-        for name, batch in (("real", real), ("imagined", imagined)):
-            values = predict_values(weights, batch.obs, batch.timestep, horizon)
-            next_values = predict_values(weights, batch.next_obs, batch.timestep + 1, horizon)
-            result, _ = gae(
-                getattr(batch, signal).double(),
-                values,
-                next_values,
-                batch.terminated,
-                batch.truncated,
-                gamma,
-                lam,
+        for round_ in range(value_rounds + 1):
+            results = {}
+            for name, batch in batches:
+                values = predict_values(weights, batch.obs, batch.timestep, horizon)
+                next_values = predict_values(weights, batch.next_obs, batch.timestep + 1, horizon)
+                advantage, returns = gae(
+                    getattr(batch, signal).double(),
+                    values,
+                    next_values,
+                    batch.terminated,
+                    batch.truncated,
+                    gamma,
+                    lam,
+                )
+                results[name] = (advantage, returns)
+            if round_ == value_rounds:
+                break
+            weights = fit_linear_values(
+                torch.cat([b.obs.flatten(1, 2) for _, b in batches], 1).unsqueeze(1),
+                torch.cat([b.timestep.flatten(1, 2) for _, b in batches], 1).unsqueeze(1),
+                torch.cat([results[n][1].flatten(1, 2) for n, _ in batches], 1).unsqueeze(1),
+                horizon,
             )
-            adv[name].append(result.to(batch.rewards.dtype))
+        for name, batch in batches:
+            adv[name].append(results[name][0].to(batch.rewards.dtype))
     joined = join_batches(real, imagined)
     adv_r = torch.cat([adv["real"][0].flatten(1, 2), adv["imagined"][0].flatten(1, 2)], 1)
     adv_c = torch.cat([adv["real"][1].flatten(1, 2), adv["imagined"][1].flatten(1, 2)], 1)
