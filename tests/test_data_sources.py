@@ -77,14 +77,15 @@ def test_merge_uses_real_episode_statistics_and_keeps_imagined_paths_apart() -> 
         assert d.obs.shape[0] == per_task_real + per_task_imagined
         assert torch.equal(d.episode_cost, real.episode_cost[t])
         assert abs(float(d.reward_adv.mean())) < 1e-5  # normalised over the union
-    # Changing rewards after the first path end of an env row must not change the cost/
-    # reward advantages before it: GAE does not leak across imagined paths.
+    # Changing rewards after the first path end of an env row must not change the
+    # advantages before it: GAE does not leak across imagined paths. (value_rounds=0:
+    # refitting values on imagined returns would, legitimately, couple them globally.)
     row_end = int(imagined.truncated[0, 0].nonzero()[0])
     changed = imagined.task(0)
     changed.rewards = changed.rewards.clone()
     changed.rewards[0, 0, row_end + 1 :] += 100.0
-    before = merge(real.task(0), imagined.task(0), cfg, HORIZON)[0]
-    after = merge(real.task(0), changed, cfg, HORIZON)[0]
+    before = merge(real.task(0), imagined.task(0), cfg, HORIZON, value_rounds=0)[0]
+    after = merge(real.task(0), changed, cfg, HORIZON, value_rounds=0)[0]
     # un-normalise: compare ranks of the affected row's prefix through differences
     offset = per_task_real  # imagined samples follow the real ones
     prefix = slice(offset, offset + row_end + 1)
