@@ -286,7 +286,11 @@ class MetaTrainer:
         if self.iteration % self.dyna_settings.train_every == 0:
             generator = torch.Generator().manual_seed(seed)
             metrics |= self.dyna.fit(
-                batches, tasks, generator, self.dyna_settings.uncertainty_steps
+                batches,
+                tasks,
+                generator,
+                self.dyna_settings.uncertainty_steps,
+                self.dyna_settings.start_pool_size,
             )
         metrics["model_disagreement_limit"] = self.dyna.disagreement_limit
         return metrics

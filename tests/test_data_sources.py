@@ -65,7 +65,9 @@ def imagined_batch(policy, params, normalizer, real, max_length=7):
     return collect(model_env, policy, params, normalizer, 20, generator, True)
 
 
-def test_merge_uses_real_episode_statistics_and_keeps_imagined_paths_apart() -> None:
+def test_merge_uses_real_episode_statistics_and_keeps_imagined_paths_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     policy, params, normalizer, real = setup()
     imagined = imagined_batch(policy, params, normalizer, real)
     assert imagined.truncated.any() and not imagined.terminated.any()
@@ -78,8 +80,15 @@ def test_merge_uses_real_episode_statistics_and_keeps_imagined_paths_apart() -> 
         assert torch.equal(d.episode_cost, real.episode_cost[t])
         assert abs(float(d.reward_adv.mean())) < 1e-5  # normalised over the union
     # Changing rewards after the first path end of an env row must not change the
-    # advantages before it: GAE does not leak across imagined paths. (value_rounds=0:
-    # refitting values on imagined returns would, legitimately, couple them globally.)
+    # advantages before it: GAE does not leak across imagined paths. Values are pinned
+    # to zero here: fitted values legitimately couple all samples.
+    import meta_safe.data_sources as sources
+
+    monkeypatch.setattr(
+        sources,
+        "fit_linear_values",
+        lambda obs, *a, **k: torch.zeros(obs.shape[0], 60, dtype=torch.float64),
+    )
     row_end = int(imagined.truncated[0, 0].nonzero()[0])
     changed = imagined.task(0)
     changed.rewards = changed.rewards.clone()
@@ -144,3 +153,50 @@ def test_dyna_needs_the_torch_point_backend() -> None:
 def test_invalid_dyna_settings_are_clear_errors(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         DynaSettings(**{field: value})
+
+
+def test_complete_episodes_counts_only_whole_imagined_episodes() -> None:
+    from meta_safe.data_sources import complete_episodes
+    from meta_safe.rollout import Batch
+
+    # one task, two paths of 4 steps each in a horizon-4 world; path 2 starts mid-episode
+    timestep = torch.tensor([[[0, 1, 2, 3, 2, 3, 0, 1]]])
+    truncated = torch.tensor([[[0, 0, 0, 1, 0, 1, 0, 0]]], dtype=torch.bool)
+    rewards = torch.arange(8.0).reshape(1, 1, 8)
+    costs = torch.ones(1, 1, 8)
+    zeros = torch.zeros(1, 1, 8)
+    batch = Batch(
+        raw_obs=zeros,
+        obs=zeros,
+        next_obs=zeros,
+        actions=zeros,
+        log_probs=zeros,
+        rewards=rewards,
+        costs=costs,
+        terminated=torch.zeros_like(truncated),
+        truncated=truncated,
+        timestep=timestep,
+        episode_return=torch.zeros(1),
+        episode_cost=torch.zeros(1),
+        episodes=torch.zeros(1),
+    )
+    returns, cost, count = complete_episodes(batch, horizon=4)
+    assert count.tolist() == [1.0]  # the mid-episode path and the unfinished one do not count
+    assert returns.tolist() == [0.0 + 1 + 2 + 3] and cost.tolist() == [4.0]
+
+
+def test_episode_start_branching_runs_whole_episodes_and_updates_use_them() -> None:
+    policy, params, normalizer, _ = setup()
+    real_env = BatchedCircleEnv(TASKS, 1, seed=0, episode_steps=HORIZON, fast=False)
+    settings = DynaSettings(model_envs_per_task=3, model_steps=HORIZON, max_length=HORIZON)
+    state = DynaState(KnownModel(), needs_training=False)
+    source = DynaRollouts(real_env, TASKS, state, settings, HORIZON, AdvantageConfig(), HORIZON)
+    inner = source.inner_batch(0, policy, params, normalizer, torch.Generator(), seed=3)
+    assert inner.info["imagined_episodes"] == 3.0  # every imagined path is a whole episode
+    assert inner.info["imagined_mean_path_length"] == HORIZON
+    # the constraint sees real + imagined episodes; the measurement stays real
+    for t, d in enumerate(inner.data):
+        assert torch.isfinite(d.episode_cost)
+        assert inner.real.episodes[t] == 1
+    state.fit([inner.real], TASKS, torch.Generator(), steps=5.0)
+    assert len(state.start_states) == 2  # one real episode start per task remembered
