@@ -116,10 +116,10 @@ class DynaSettings:
     """The ``dyna`` config section without the model (see ``configs/dyna/*.yaml``)."""
 
     real_envs_per_task: int = 1
-    model_envs_per_task: int = 16
-    model_steps: int = 50
-    max_length: int = 20
-    uncertainty_steps: float = 5.0
+    model_envs_per_task: int = 7
+    model_steps: int = 500
+    max_length: int = 500
+    uncertainty_steps: float = 500.0
     real_floor: float = 0.1
     max_model_fraction: float = 0.9
     train_every: int = 1
@@ -307,10 +307,10 @@ class DynaRollouts:
             pool_accels = torch.cat(
                 [self.state.start_accels.to(real.states.dtype), real.raw_obs[..., :2][first]]
             )
-            count = len(pool_states)
-            starts = pool_states.expand(T, count, 6)
-            accels = pool_accels.expand(T, count, 2)
-            clocks = torch.zeros(T, count, dtype=torch.long)
+            pool_size = len(pool_states)
+            starts = pool_states.expand(T, pool_size, 6)
+            accels = pool_accels.expand(T, pool_size, 2)
+            clocks = torch.zeros(T, pool_size, dtype=torch.long)
         model_env = ModelEnv(
             self.state.model,
             self.tasks,
