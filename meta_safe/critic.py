@@ -15,6 +15,7 @@ linear baseline, with a few epochs of Adam per batch, reproducibly.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -94,11 +95,14 @@ class MLPCritic:
         return self.net(features(obs, timestep, horizon)).squeeze(-1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-        }
+        """A snapshot (copies, not views of the live tensors)."""
+        return copy.deepcopy(
+            {
+                "net": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])

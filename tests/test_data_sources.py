@@ -200,3 +200,33 @@ def test_episode_start_branching_runs_whole_episodes_and_updates_use_them() -> N
         assert inner.real.episodes[t] == 1
     state.fit([inner.real], TASKS, torch.Generator(), steps=5.0)
     assert len(state.start_states) == 2  # one real episode start per task remembered
+
+
+class ScaledDisagreement(KnownModel):
+    """The exact model reporting a constant disagreement ``level`` (to steer the share)."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+
+    def predict(self, states, actions, context, generator=None):
+        prediction = super().predict(states, actions, context, generator)
+        prediction.disagreement = torch.full_like(prediction.disagreement, self.level)
+        return prediction
+
+
+def test_model_share_follows_uncertainty_with_a_real_floor() -> None:
+    policy, params, normalizer, _ = setup()
+    real_env = BatchedCircleEnv(TASKS, 1, seed=0, episode_steps=HORIZON, fast=False)
+    settings = DynaSettings(
+        model_envs_per_task=8, model_steps=HORIZON, max_length=HORIZON, max_model_fraction=0.8
+    )
+    shares = {}
+    for level in (1.0, 4.0):
+        state = DynaState(ScaledDisagreement(level), needs_training=True)
+        state.fits, state.initial_disagreement, state.disagreement_limit = 1, 1.0, 1e9
+        source = DynaRollouts(real_env, TASKS, state, settings, HORIZON, AdvantageConfig(), HORIZON)
+        real = collect(real_env, policy, params, normalizer, HORIZON, torch.Generator(), True)
+        shares[level] = source.model_share(real)
+    assert shares[1.0] == pytest.approx(0.8)  # as confident as at calibration: the cap
+    assert shares[4.0] == pytest.approx(0.2)  # 4x the initial disagreement: a quarter
