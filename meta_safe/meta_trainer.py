@@ -30,9 +30,11 @@ def run(cfg: DictConfig, run_dir: str) -> None:
     if cfg.evaluate_after:
         report = evaluate_trainer(trainer, cfg)
         report.write(Path(run_dir))
+        dyna = cfg.dyna.name if cfg.dyna is not None else "none"
         title = (
             f"{cfg.meta_optimizer.name} on {cfg.evaluation.tasks} {cfg.evaluation.split} "
-            f"tasks ({cfg.env.backend} backend, cost limit {cfg.env.cost_limit:g})"
+            f"tasks ({cfg.env.backend} backend, cost limit {cfg.env.cost_limit:g}, dyna={dyna}, "
+            f"{report.env_steps_per_step:,} real steps per task per update)"
         )
         print(report.table(title))
 
