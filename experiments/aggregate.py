@@ -60,10 +60,11 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def table(summaries: dict[str, dict[str, Any]]) -> str:
+def table(summaries: dict[str, dict[str, Any]], stem: str = "evaluation") -> str:
+    clock = "train + eval per run" if stem == "evaluation" else "this evaluation per run"
     lines = [
         "| variant | seeds | return before | return after K | cost after K "
-        "| within limit after K | real steps per update per task | wall-clock per run |",
+        f"| within limit after K | real steps per update per task | wall-clock, {clock} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summaries.items():
@@ -140,7 +141,7 @@ def main() -> None:
             summaries[name] = summarise(reports)
     if not summaries:
         raise SystemExit(f"no {args.stem}.json under {root}/<variant>/seed*/")
-    text = table(summaries)
+    text = table(summaries, args.stem)
     (root / f"{args.stem}_table.md").write_text(text + "\n")
     (root / f"{args.stem}_summary.json").write_text(json.dumps(summaries, indent=1))
     paths = plot(summaries, root, args.stem)

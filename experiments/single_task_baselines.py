@@ -5,14 +5,16 @@ Uses the hydra configs (``configs/``), so any override works, e.g.::
     .venv/bin/python experiments/single_task_baselines.py --iterations 100 \
         --rules cpo_layer,lagrangian,trpo env.cost_limit=25
 
-Prints a table of initial / final return and cost, wall-clock and env steps per
-second of the whole training loop, and writes the curves to ``--out`` (CSV + PNG).
+Prints (and writes to ``<out>/table.md``) return and cost over the last 10 batches
+and at the end, wall-clock and env steps per second of the whole training loop (mean
+± standard error over ``--seeds``), and writes the curves to ``--out`` (CSV + PNG).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 from pathlib import Path
 
 import torch
@@ -28,82 +30,101 @@ from meta_safe.trainer import build_rule, probe_obs_dim
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
+def last_mean(values: list[float], n: int = 10) -> float:
+    return statistics.fmean(values[-n:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rules", default="cpo_layer,lagrangian,trpo")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--envs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--out", default="runs/single_task")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. env.cost_limit=25")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows, curves = [], {}
     for name in args.rules.split(","):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = validate(compose("config", overrides=[f"meta_optimizer={name}", *args.overrides]))
-        torch.manual_seed(args.seed)
-        task = task_distribution(cfg.env, "fixed").sample(1, seed=args.seed)[0]
-        policy = GaussianPolicy(
-            probe_obs_dim(cfg.env),
-            2,
-            cfg.policy.hidden,
-            cfg.policy.activation,
-            cfg.policy.log_std_init,
-        )
-        result = train_single_task(
-            cfg.env,
-            task,
-            build_rule(cfg.meta_optimizer),
-            policy,
-            args.iterations,
-            args.envs,
-            cfg.env.episode_steps,
-            AdvantageConfig(**cfg.advantage),
-            args.seed,
-            critic_cfg=cfg.critic,
-        )
-        curves[name] = result
-        rows.append(
-            (
-                name,
-                result.returns[0],
-                result.costs[0],
-                result.returns[-1],
-                result.costs[-1],
-                result.seconds,
-                result.env_steps / result.seconds,
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        results = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            task = task_distribution(cfg.env, "fixed").sample(1, seed=seed)[0]
+            policy = GaussianPolicy(
+                probe_obs_dim(cfg.env),
+                2,
+                cfg.policy.hidden,
+                cfg.policy.activation,
+                cfg.policy.log_std_init,
             )
-        )
-        print(f"{name}: done in {result.seconds:.0f} s", flush=True)
+            result = train_single_task(
+                cfg.env,
+                task,
+                build_rule(cfg.meta_optimizer),
+                policy,
+                args.iterations,
+                args.envs,
+                cfg.env.episode_steps,
+                AdvantageConfig(**cfg.advantage),
+                seed,
+                critic_cfg=cfg.critic,
+            )
+            results.append(result)
+            curves[(name, seed)] = result
+            print(f"{name} seed {seed}: done in {result.seconds:.0f} s", flush=True)
+        rows.append((name, results))
     limit = cfg.env.cost_limit
-    print(
-        f"\nTask {task} ({cfg.env.backend} backend), cost limit {limit:g}, "
-        f"{args.iterations} updates x {args.envs * cfg.env.episode_steps} steps\n"
-    )
-    print(
-        "| rule | initial return | initial cost | final return | final cost | wall-clock s "
-        "| env steps/s |\n|---|---:|---:|---:|---:|---:|---:|"
-    )
-    for name, r0, c0, r1, c1, secs, sps in rows:
-        print(f"| {name} | {r0:.2f} | {c0:.1f} | {r1:.2f} | {c1:.1f} | {secs:.0f} | {sps:,.0f} |")
+
+    def mean_se(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.1f}"
+        se = statistics.stdev(values) / len(values) ** 0.5
+        return f"{statistics.fmean(values):.1f} ± {se:.1f}"
+
+    lines = [
+        f"Task {task} ({cfg.env.backend} backend), cost limit {limit:g}, "
+        f"{args.iterations} updates x {args.envs * cfg.env.episode_steps} steps, seeds {args.seeds}"
+        " (mean ± standard error across seeds)",
+        "",
+        "| rule | return, last 10 batches | cost, last 10 batches | final return | final cost "
+        "| wall-clock per run | env steps/s of the whole loop |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, results in rows:
+        seconds = statistics.fmean(r.seconds for r in results)
+        rate = statistics.fmean(r.env_steps / r.seconds for r in results)
+        lines.append(
+            f"| {name} | {mean_se([last_mean(r.returns) for r in results])} "
+            f"| {mean_se([last_mean(r.costs) for r in results])} "
+            f"| {mean_se([r.returns[-1] for r in results])} "
+            f"| {mean_se([r.costs[-1] for r in results])} | {seconds:.0f} s | {rate:,.0f} |"
+        )
+    text = "\n".join(lines)
+    (out / "table.md").write_text(text + "\n")
+    print("\n" + text)
     with (out / "curves.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rule", "iteration", "return", "cost"])
-        for name, res in curves.items():
+        writer.writerow(["rule", "seed", "iteration", "return", "cost"])
+        for (name, seed), res in curves.items():
             for i, (ret, cost) in enumerate(zip(res.returns, res.costs, strict=True)):
-                writer.writerow([name, i, ret, cost])
+                writer.writerow([name, seed, i, ret, cost])
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, res in curves.items():
-        ax_r.plot(res.returns, label=name)
-        ax_c.plot(res.costs, label=name)
+    colors = {}
+    for (name, seed), res in curves.items():
+        color = colors.setdefault(name, f"C{len(colors)}")
+        label = name if seed == seeds[0] else None
+        ax_r.plot(res.returns, color=color, alpha=0.8, label=label)
+        ax_c.plot(res.costs, color=color, alpha=0.8, label=label)
     ax_c.axhline(limit, ls="--", color="k", label="limit")
     ax_r.set(xlabel="update", ylabel="episode return")
     ax_c.set(xlabel="update", ylabel="episode cost")
@@ -111,7 +132,7 @@ def main() -> None:
     ax_c.legend()
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
-    print(f"\nwrote {out / 'curves.csv'} and {out / 'curves.png'}")
+    print(f"\nwrote {out / 'table.md'}, {out / 'curves.csv'} and {out / 'curves.png'}")
 
 
 if __name__ == "__main__":
