@@ -7,6 +7,7 @@ writes ``<dir>/<stem>_table.md``, ``<stem>_curves.png`` (adaptation curves) and
 
     .venv/bin/python experiments/aggregate.py runs/compare                # evaluation.json
     .venv/bin/python experiments/aggregate.py runs/compare --stem evaluation_mujoco
+    .venv/bin/python experiments/aggregate.py --all runs      # every directory and report
 
 Each seed contributes its mean over held-out tasks; the table gives the mean and
 standard error of those per-seed means (so the error bars are across seeds).
@@ -126,27 +127,51 @@ def plot(summaries: dict[str, dict[str, Any]], out: Path, stem: str) -> list[Pat
     return [curves, scatter]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directory", help="output directory of run_variants.py")
-    parser.add_argument("--stem", default="evaluation", help="report name: evaluation[_mujoco]")
-    parser.add_argument("--order", help="comma-separated variant order (default: sorted)")
-    args = parser.parse_args()
-    root = Path(args.directory)
-    names = args.order.split(",") if args.order else sorted(p.name for p in root.iterdir())
+def aggregate(root: Path, stem: str, order: list[str] | None = None) -> str:
+    """Write the table, summary and figures of one ``stem`` under ``root``; returns the table."""
+    names = order or sorted(p.name for p in root.iterdir() if p.is_dir())
     summaries = {}
     for name in names:
-        reports = load_variant(root / name, args.stem) if (root / name).is_dir() else []
+        reports = load_variant(root / name, stem) if (root / name).is_dir() else []
         if reports:
             summaries[name] = summarise(reports)
     if not summaries:
-        raise SystemExit(f"no {args.stem}.json under {root}/<variant>/seed*/")
-    text = table(summaries, args.stem)
-    (root / f"{args.stem}_table.md").write_text(text + "\n")
-    (root / f"{args.stem}_summary.json").write_text(json.dumps(summaries, indent=1))
-    paths = plot(summaries, root, args.stem)
-    print(text)
-    print("wrote " + ", ".join(str(p) for p in [root / f"{args.stem}_table.md", *paths]))
+        raise SystemExit(f"no {stem}.json under {root}/<variant>/seed*/")
+    text = table(summaries, stem)
+    (root / f"{stem}_table.md").write_text(text + "\n")
+    (root / f"{stem}_summary.json").write_text(json.dumps(summaries, indent=1))
+    paths = plot(summaries, root, stem)
+    print(f"## {root} / {stem}\n\n{text}\n")
+    print("wrote " + ", ".join(str(p) for p in [root / f"{stem}_table.md", *paths]) + "\n")
+    return text
+
+
+def stems_in(root: Path) -> list[str]:
+    """Every report name found as ``<root>/<variant>/seed*/<stem>.json``."""
+    return sorted({p.stem for p in root.glob("*/seed*/evaluation*.json")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "directory",
+        help="output directory of run_variants.py (with --all: a directory of them, e.g. runs)",
+    )
+    parser.add_argument("--stem", default="evaluation", help="report name: evaluation[_<name>]")
+    parser.add_argument("--order", help="comma-separated variant order (default: sorted)")
+    parser.add_argument(
+        "--all", action="store_true", help="every results directory and report name under it"
+    )
+    args = parser.parse_args()
+    root = Path(args.directory)
+    order = args.order.split(",") if args.order else None
+    if not args.all:
+        aggregate(root, args.stem, order)
+        return
+    for results in sorted(p for p in root.iterdir() if p.is_dir()):
+        present = [n for n in order or [] if (results / n).is_dir()] or None
+        for stem in stems_in(results):
+            aggregate(results, stem, present)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""The experiment tooling: variant parsing, aggregation across seeds, step matching."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(Path(REPO_ROOT) / "experiments"))
+from aggregate import aggregate, stems_in  # noqa: E402
+from bench_dyna import steps_to_match  # noqa: E402
+from run_variants import parse_variant  # noqa: E402
+
+
+def write_report(path: Path, returns: list[float], costs: list[float], limit: float = 10.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "mean_return": returns,
+        "mean_cost": costs,
+        "within_limit": [float(c <= limit) for c in costs],
+    }
+    report = {
+        "cost_limit": limit,
+        "env_steps_per_step": 4000,
+        "tasks": [{}, {}],
+        "summary": summary,
+    }
+    path.write_text(json.dumps(report))
+
+
+def test_aggregate_gives_mean_and_standard_error_across_seeds(tmp_path: Path) -> None:
+    write_report(tmp_path / "a" / "seed0" / "evaluation.json", [1.0, 3.0], [0.0, 4.0])
+    write_report(tmp_path / "a" / "seed1" / "evaluation.json", [1.0, 5.0], [0.0, 20.0])
+    (tmp_path / "a" / "seed0" / "wall_clock.txt").write_text("10\n")
+    (tmp_path / "a" / "seed1" / "wall_clock.txt").write_text("30\n")
+    write_report(tmp_path / "b" / "seed0" / "evaluation_x.json", [0.0, 1.0], [1.0, 1.0])
+    assert stems_in(tmp_path) == ["evaluation", "evaluation_x"]
+    text = aggregate(tmp_path, "evaluation")
+    # return after K: mean 4, s.e. = stdev(3, 5) / sqrt(2) = 1; cost 12 ± 8; within 50% ± 50
+    assert "| a | 2 | 1.00 ± 0.00 | 4.00 ± 1.00 | 12.0 ± 8.0 | 50% ± 50 | 4,000 | 20 s |" in text
+    assert (tmp_path / "evaluation_scatter.png").exists()
+    summary = json.loads((tmp_path / "evaluation_summary.json").read_text())
+    assert set(summary) == {"a"}
+
+
+def test_variant_parsing_and_errors() -> None:
+    assert parse_variant("cpo:meta_optimizer=cpo_layer,env=point_circle") == (
+        "cpo",
+        ["meta_optimizer=cpo_layer", "env=point_circle"],
+    )
+    assert parse_variant("plain") == ("plain", [])
+    with pytest.raises(ValueError, match="name:override"):
+        parse_variant(":x=1")
+
+
+def test_steps_to_match_interpolates_log_linearly() -> None:
+    curve = [
+        {"real_steps": 500, "return": 10.0},
+        {"real_steps": 2000, "return": 14.0},
+    ]
+    assert steps_to_match(curve, 12.0) == pytest.approx(1000.0)
+    assert steps_to_match(curve, 9.0) == 500
+    assert steps_to_match(curve, 15.0) == float("inf")
