@@ -68,36 +68,6 @@ def flat_gradient(objective: torch.Tensor, params: Params, retain_graph: bool) -
     return flat_concat(dict(zip(params, filled, strict=True)))
 
 
-def flat_gradients(objectives: torch.Tensor, params: Params, retain_graph: bool) -> torch.Tensor:
-    """Jacobian ``[n, P]`` of ``objectives [n]`` w.r.t. ``params``, in one batched backward.
-
-    One vmapped backward pass through the (second-order) inner-loop graph instead of
-    ``n`` passes; falls back to ``n`` passes where an op has no batching rule.
-    """
-    try:
-        grads = torch.autograd.grad(
-            objectives,
-            list(params.values()),
-            grad_outputs=torch.eye(len(objectives), dtype=objectives.dtype),
-            retain_graph=True,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-    except RuntimeError:
-        return torch.stack(
-            [
-                flat_gradient(o, params, retain_graph=retain_graph or i < len(objectives) - 1)
-                for i, o in enumerate(objectives)
-            ]
-        )
-    n = len(objectives)
-    filled = [
-        torch.zeros(n, *v.shape, dtype=v.dtype) if g is None else g
-        for v, g in zip(params.values(), grads, strict=True)
-    ]
-    return torch.cat([f.reshape(n, -1) for f in filled], 1)
-
-
 def probe_obs_dim(env_cfg: DictConfig) -> int:
     """Observation size of the configured robot/backend."""
     task = task_distribution(env_cfg, "fixed").sample(1, seed=0)
@@ -186,9 +156,8 @@ class MetaTrainer:
         reward_sur, cost_sur = meta_objectives(self.policy, result.adapted, post)
         margin = constraint_margin(post, cfg.env.cost_limit).to(reward_sur.dtype)
         learnable = self.rule_optimizer is not None
-        g, b = flat_gradients(
-            torch.stack([reward_sur.mean(), cost_sur.mean()]), meta, retain_graph=learnable
-        )
+        g = flat_gradient(reward_sur.mean(), meta, retain_graph=True)
+        b = flat_gradient(cost_sur.mean(), meta, retain_graph=learnable)
         rule_grad_norm = 0.0
         if learnable:
             penalised = reward_sur - meta_cfg.cost_penalty * torch.relu(margin + cost_sur)

@@ -399,21 +399,3 @@ def test_log_sign_preprocess_is_continuous_and_differentiable_at_zero() -> None:
     x = torch.zeros(3, dtype=DTYPE, requires_grad=True)
     (grad,) = torch.autograd.grad(log_sign_preprocess(x, p).sum(), x)
     assert torch.isfinite(grad).all()
-
-
-def test_batched_meta_gradients_equal_separate_backward_passes() -> None:
-    """The trainer's one vmapped backward gives the same g and b as two plain ones."""
-    from meta_safe.maml import meta_objectives
-    from meta_safe.trainer import flat_gradient, flat_gradients
-
-    rule = make_rule("cpo_closed_form")
-    problem = make_problem(rule)
-    theta0 = {k: v.clone().requires_grad_() for k, v in problem.theta0.items()}
-    params, _, _ = adapt(rule, problem, theta0)
-    reward, cost = meta_objectives(problem.policy, params, problem.post_data)
-    jacobian = flat_gradients(torch.stack([reward.mean(), cost.mean()]), theta0, True)
-    g = flat_gradient(reward.mean(), theta0, retain_graph=True)
-    b = flat_gradient(cost.mean(), theta0, retain_graph=True)
-    assert g.abs().max() > 1e-3 and b.abs().max() > 1e-3
-    torch.testing.assert_close(jacobian[0], g, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(jacobian[1], b, rtol=1e-10, atol=1e-12)
