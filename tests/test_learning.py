@@ -1,10 +1,12 @@
 """Learning tests: a policy really improves, and the constraint really binds.
 
-CPO and unconstrained TRPO trained from scratch on the default fixed point-circle
-task (torch backend, cost limit 25) with the same small budget (15 updates of 4,000
-steps). Measured here: both raise the episode return from about -0.1 to 10-15, TRPO's
-episode cost climbs to 150-300 while CPO's stays 2-4x lower (but, noisy, above the
-limit: see the README's single-task table).
+CPO (with the default persistent MLP cost critic) and unconstrained TRPO trained from
+scratch on the default fixed point-circle task (torch backend, cost limit 25) with the
+same small budget (15 updates of 4,000 steps). Measured here: CPO raises the episode
+return from -0.1 to about 10, TRPO to about 25-30; over the last 5 batches TRPO's cost
+averages about 210 while CPO's averages about 55, i.e. 4x lower but still above the
+limit (the open problem described in the README's single-task results), so the test
+asserts the weaker, still falsifiable, "well below TRPO".
 """
 
 import statistics
