@@ -14,6 +14,11 @@ to the MuJoCo simulator) or ``--extra-eval in_dist:evaluation.split=meta_train``
 (unseen tasks drawn from the training ranges).
 Finished runs (an ``evaluation.json`` exists) are skipped, so an interrupted grid
 resumes where it stopped. Aggregate with ``experiments/aggregate.py <out>``.
+
+``--ray`` runs the grid as Ray tasks (one CPU each) instead of local threads:
+``--ray`` alone starts a local Ray instance, ``--ray auto`` (or an address) joins a
+running cluster. Every node must see the repository (with its ``.venv``) and ``--out``
+at the same paths, e.g. on a shared file system.
 """
 
 from __future__ import annotations
@@ -84,6 +89,18 @@ def train_and_evaluate(
     return "; ".join(messages) or f"{run_dir}: already done"
 
 
+def run_on_ray(jobs: list[tuple], address: str) -> list[str]:
+    """Run every job as a one-CPU Ray task; ``address`` ``"local"`` starts Ray here."""
+    import ray
+
+    ray.init(address=None if address == "local" else address, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(train_and_evaluate)
+        return ray.get([task.remote(*job) for job in jobs])
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="results directory")
@@ -92,6 +109,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 per core)")
+    parser.add_argument(
+        "--ray", nargs="?", const="local", help="run on Ray: no value = local, or an address"
+    )
     parser.add_argument(
         "--extra-eval", action="append", default=[], help="name:override,... (repeat)"
     )
@@ -107,9 +127,13 @@ def main() -> None:
         for seed in seeds
     ]
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for message in pool.map(lambda job: train_and_evaluate(*job), jobs):
+    if args.ray:
+        for message in run_on_ray(jobs, args.ray):
             print(message, flush=True)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for message in pool.map(lambda job: train_and_evaluate(*job), jobs):
+                print(message, flush=True)
     print(f"{len(jobs)} runs in {time.perf_counter() - start:.0f} s wall-clock")
 
 

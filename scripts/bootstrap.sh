@@ -35,12 +35,14 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 echo "[bootstrap] installing into $VENV (first run takes a minute or two)" >&2
 "${PIP[@]}" install --upgrade "pip>=24" setuptools wheel
 "${PIP[@]}" install "torch==2.13.0"
-# Everything pyproject.toml declares, except the two packages with broken pins.
+# Everything pyproject.toml declares (with the dev and ray extras: the tests run a
+# grid on a local Ray instance), except the two packages with broken pins.
 "$VENV/bin/python" - > "$VENV/.meta_safe-requirements.txt" <<'PY'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 no_deps = ("safety-gymnasium", "gymnasium-robotics")
-for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+extras = project["optional-dependencies"]
+for req in project["dependencies"] + extras["dev"] + extras["ray"]:
     if not req.startswith(no_deps):
         print(req)
 PY

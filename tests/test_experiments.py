@@ -62,3 +62,43 @@ def test_steps_to_match_interpolates_log_linearly() -> None:
     assert steps_to_match(curve, 12.0) == pytest.approx(1000.0)
     assert steps_to_match(curve, 9.0) == 500
     assert steps_to_match(curve, 15.0) == float("inf")
+
+
+def test_run_variants_runs_a_grid_on_ray(tmp_path: Path) -> None:
+    """Two tiny variants as Ray tasks on a local Ray instance; each writes its report."""
+    import os
+    import subprocess
+
+    tiny = [
+        "meta.iterations=1",
+        "meta.tasks_per_iteration=1",
+        "meta.envs_per_task=1",
+        "meta.steps_per_env=20",
+        "env.episode_steps=20",
+        "policy.hidden=[8]",
+        "evaluation.tasks=1",
+        "evaluation.inner_steps=1",
+        "evaluation.envs_per_task=1",
+        "evaluation.steps_per_env=20",
+    ]
+    cmd = [
+        sys.executable,
+        str(Path(REPO_ROOT) / "experiments" / "run_variants.py"),
+        "--out",
+        str(tmp_path),
+        "--seeds",
+        "0",
+        "--ray",
+        "--variant",
+        "cpo:meta_optimizer=cpo_layer,meta_optimizer.solver=closed_form",
+        "--variant",
+        "trpo:meta_optimizer=trpo",
+        *tiny,
+    ]
+    env = {**os.environ, "STOCHASTIC_CIRCLE_COMPILE": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for name in ("cpo", "trpo"):
+        report = json.loads((tmp_path / name / "seed0" / "evaluation.json").read_text())
+        assert len(report["summary"]["mean_return"]) == 2  # before and after 1 step
+    assert "2 runs in" in result.stdout
