@@ -234,9 +234,9 @@ class ModelEnv:
     def step_timesteps(self) -> Tensor:
         """Real-episode timestep of the state every step since :meth:`reset` acted in.
 
-        :func:`meta_safe.rollout.collect` records ``Batch.timestep`` counted from each
-        path's start; this is the real-episode clock of the same steps (start timestep +
-        steps taken), for time-aware value features.
+        :func:`meta_safe.rollout.collect` records this same clock (:attr:`elapsed` before
+        each step) as ``Batch.timestep``: the real-episode timestep (start timestep + steps
+        taken), which the time-aware value features need.
 
         :return: ``[T, E, N]`` long for the ``N`` steps since the last reset (same layout
             as ``Batch.timestep``).
