@@ -196,8 +196,9 @@ class DynaState:
         generator: torch.Generator,
         steps: float,
         capacity: int = 4096,
+        train: bool = True,
     ) -> dict[str, float]:
-        """Add the real transitions of ``batches`` and (for a learned model) retrain it.
+        """Add the real transitions of ``batches`` and (``train``, learned model) retrain.
 
         After the first fit, the disagreement limit is calibrated to ``steps`` x the mean
         one-step disagreement on these transitions.
@@ -206,7 +207,7 @@ class DynaState:
         self.model.add(data)
         for batch in batches:
             self.remember_starts(batch, capacity)
-        if not self.needs_training:
+        if not (train and self.needs_training):
             return {}
         metrics = self.model.train_model(generator)
         self.fits += 1

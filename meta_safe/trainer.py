@@ -246,21 +246,21 @@ class MetaTrainer:
     def update_model(
         self, batches: list[Batch], tasks: list[CircleTask], seed: int
     ) -> dict[str, float]:
-        """Log the model's errors on the (unseen) post-adaptation batch, then fit it."""
+        """Log the model's errors on the (unseen) post-adaptation batch, then store the real
+        data and (every ``train_every`` iterations) fit the model."""
         if self.dyna is None:
             return {}
         metrics = {}
         if self.dyna.ready:
             metrics = held_out_errors(self.dyna.model, batches[-1], tasks)
-        if self.iteration % self.dyna_settings.train_every == 0:
-            generator = torch.Generator().manual_seed(seed)
-            metrics |= self.dyna.fit(
-                batches,
-                tasks,
-                generator,
-                self.dyna_settings.uncertainty_steps,
-                self.dyna_settings.start_pool_size,
-            )
+        metrics |= self.dyna.fit(
+            batches,
+            tasks,
+            torch.Generator().manual_seed(seed),
+            self.dyna_settings.uncertainty_steps,
+            self.dyna_settings.start_pool_size,
+            train=self.iteration % self.dyna_settings.train_every == 0,
+        )
         metrics["model_disagreement_limit"] = self.dyna.disagreement_limit
         return metrics
 

@@ -230,3 +230,12 @@ def test_model_share_follows_uncertainty_with_a_real_floor() -> None:
         shares[level] = source.model_share(real)
     assert shares[1.0] == pytest.approx(0.8)  # as confident as at calibration: the cap
     assert shares[4.0] == pytest.approx(0.2)  # 4x the initial disagreement: a quarter
+
+
+def test_real_data_is_kept_on_iterations_without_a_model_fit() -> None:
+    _, _, _, real = setup()
+    model = EnsembleModel(members=2, elites=1, hidden=[8], max_updates=5, eval_every=5)
+    state = DynaState(model, needs_training=True)
+    assert state.fit([real], TASKS, torch.Generator(), steps=5.0, train=False) == {}
+    assert len(model.buffer) == real.rewards.numel() and state.fits == 0
+    assert len(state.start_states) == 2 * 2  # 2 tasks x 2 envs, one episode start each
