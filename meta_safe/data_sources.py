@@ -89,6 +89,19 @@ class RealRollouts:
         self.num_tasks = env.num_tasks
         self.adv_cfg, self.horizon = adv_cfg, horizon
 
+    def collect(
+        self,
+        policy: GaussianPolicy,
+        params: Params,
+        normalizer: ObsNormalizer,
+        generator: torch.Generator,
+        seed: int,
+    ) -> Batch:
+        """A fresh real batch ``[T, E, steps_per_env]`` with per-task ``params``."""
+        return collect(
+            self.env, policy, params, normalizer, self.steps_per_env, generator, True, seed
+        )
+
     def inner_batch(
         self,
         k: int,
@@ -99,9 +112,10 @@ class RealRollouts:
         seed: int,
     ) -> InnerBatch:
         """:param params: behaviour parameters, each tensor ``[T, ...]`` (detached)."""
-        batch = collect(
-            self.env, policy, params, normalizer, self.steps_per_env, generator, True, seed
-        )
+        return self.wrap(self.collect(policy, params, normalizer, generator, seed))
+
+    def wrap(self, batch: Batch) -> InnerBatch:
+        """Policy data of a real batch alone."""
         return InnerBatch(prepare(batch, self.adv_cfg, self.horizon), batch, {})
 
 
@@ -271,8 +285,9 @@ class DynaRollouts:
         adv_cfg: AdvantageConfig,
         horizon: int,
     ) -> None:
-        self.real_env, self.tasks, self.state, self.settings = real_env, tasks, state, settings
-        self.steps_per_env, self.adv_cfg, self.horizon = steps_per_env, adv_cfg, horizon
+        self.real = RealRollouts(real_env, steps_per_env, adv_cfg, horizon)
+        self.tasks, self.state, self.settings = tasks, state, settings
+        self.adv_cfg, self.horizon = adv_cfg, horizon
         self.num_tasks = real_env.num_tasks
 
     def inner_batch(
@@ -284,11 +299,9 @@ class DynaRollouts:
         generator: torch.Generator,
         seed: int,
     ) -> InnerBatch:
-        real = collect(
-            self.real_env, policy, params, normalizer, self.steps_per_env, generator, True, seed
-        )
+        real = self.real.collect(policy, params, normalizer, generator, seed)
         if not self.state.ready:
-            return InnerBatch(prepare(real, self.adv_cfg, self.horizon), real, {})
+            return self.real.wrap(real)
         share = self.model_share(real)
         real_samples = real.rewards[0].numel()
         wanted = share / (1 - share) * real_samples
