@@ -11,12 +11,14 @@ policy and, for learned rules, the rule's own ``nn.Parameter`` s).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from meta_safe.fisher import conjugate_gradient, fisher_matvec
+from meta_safe.gauss_newton import gaussian_fisher_matvec, mlp_layout
 from meta_safe.param_utils import flat_concat, unflatten_like
 from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
 from meta_safe.surrogate import PolicyData, surrogates
@@ -90,12 +92,33 @@ def natural_directions(
 ) -> list[Tensor]:
     """``H^-1 v`` for each ``v`` ``[P]``; ``H`` is the Fisher of the policy at ``params``.
 
+    All right-hand sides are solved as one batched conjugate gradient. The Fisher
+    operator is the analytic Gauss-Newton product of :mod:`meta_safe.gauss_newton` for
+    the Gaussian MLP policy, or, for any other policy, the KL Hessian by
+    reverse-over-reverse (:func:`kl_hessian_matvec`). With ``create_graph`` the products
+    stay in the autograd graph, so the meta-gradient sees ``H``'s whole dependence on
+    ``theta`` (checked against finite differences in ``tests/test_meta_optimizers.py``).
+    """
+    layout = mlp_layout(policy, params)
+    if layout is not None:
+        point = params if create_graph else {k: v.detach() for k, v in params.items()}
+        matvec = gaussian_fisher_matvec(layout, point, data.obs, damping)
+    else:
+        matvec = kl_hessian_matvec(policy, params, data, damping, create_graph)
+    solutions = conjugate_gradient(matvec, torch.stack(vectors), iters=cg_iters)
+    return list(solutions.unbind(0))
+
+
+def kl_hessian_matvec(
+    policy: GaussianPolicy, params: Params, data: PolicyData, damping: float, create_graph: bool
+) -> Callable[[Tensor], Tensor]:
+    """``v -> (H + damping I) v`` with ``H`` the Hessian of the mean KL (any policy).
+
     ``H(theta)`` is the Hessian in ``p`` of ``KL(pi_theta || pi_p)`` at ``p = theta``, so it
     depends on ``theta`` through *both* arguments. With ``create_graph`` the reference stays
     in the graph and the Hessian is taken at a fresh node ``point`` (same values): autograd
     w.r.t. ``point`` gives ``H``, and the meta-gradient sees all of ``H``'s dependence on
-    ``theta`` (a detached reference drops part of it; checked against finite differences
-    in ``tests/test_meta_optimizers.py``).
+    ``theta`` (a detached reference drops part of it).
     """
     if create_graph:
         point = {k: v.view_as(v) for k, v in params.items()}
@@ -111,10 +134,7 @@ def natural_directions(
         mean, std = policy.distribution(p, data.obs)
         return gaussian_kl(old_mean, old_std, mean, std).mean()
 
-    # One Fisher operator for all right-hand sides, solved as one batched CG.
-    matvec = fisher_matvec(kl_fn, point, damping, create_graph=create_graph)
-    solutions = conjugate_gradient(matvec, torch.stack(vectors), iters=cg_iters)
-    return list(solutions.unbind(0))
+    return fisher_matvec(kl_fn, point, damping, create_graph=create_graph)
 
 
 def add_flat(params: Params, flat_step: Tensor) -> Params:
