@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from meta_safe.policy import GaussianPolicy, Params
 
-__all__ = ["MLPLayout", "gaussian_fisher_matvec", "mlp_layout"]
+__all__ = ["MLPLayout", "activate", "gaussian_fisher_matvec", "mlp_layout"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,15 @@ def mlp_layout(policy: GaussianPolicy, params: Params) -> MLPLayout | None:
     if len(activations) > 1 or set(params) != expected:
         return None
     return MLPLayout(tuple(layers), activations.pop() if activations else "tanh", tuple(params))
+
+
+def activate(z: Tensor, kind: str) -> Tensor:
+    """The activation ``kind`` of :class:`MLPLayout` applied to ``z``."""
+    if kind == "tanh":
+        return torch.tanh(z)
+    if kind == "relu":
+        return torch.relu(z)
+    return torch.nn.functional.elu(z)
 
 
 def _activate(z: Tensor, kind: str) -> tuple[Tensor, Tensor]:

@@ -7,13 +7,16 @@ per-episode return and cost are summed exactly over completed episodes only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
+from meta_safe.gauss_newton import activate, mlp_layout
 from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_log_prob
 
 
@@ -97,18 +100,58 @@ def stack_params(params: list[Params]) -> Params:
     return {k: torch.stack([p[k] for p in params]) for k in params[0]}
 
 
-def policy_sample(
-    policy: GaussianPolicy, params: Params, obs: Tensor, per_task: bool, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
-    """Sample actions for ``obs [T, E, obs_dim]``; ``per_task`` params carry a leading T dim."""
-    with torch.no_grad():
+def action_means(
+    policy: GaussianPolicy, params: Params, per_task: bool
+) -> Callable[[Tensor], Tensor]:
+    """``obs [T, E, obs_dim] -> mean [T, E, act_dim]`` without autograd bookkeeping.
+
+    For the plain Gaussian MLP the per-task layers run as batched matrix products
+    (``baddbmm``) on the stacked parameters, a few kernels per step; any other policy
+    goes through ``vmap`` of :meth:`GaussianPolicy.distribution`.
+
+    :param params: policy parameters; with ``per_task`` each tensor is ``[T, ...]``.
+    """
+    first = {k: v[0] for k, v in params.items()} if per_task else params
+    layout = mlp_layout(policy, first)
+    if layout is None:
         if per_task:
-            mean, std = vmap(policy.distribution)(params, obs)
-            std = std.unsqueeze(1)
-        else:
-            mean, std = policy.distribution(params, obs)
-        actions = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-    return actions, gaussian_log_prob(mean, std, actions)
+            return lambda obs: vmap(policy.distribution)(params, obs)[0]
+        return lambda obs: policy.distribution(params, obs)[0]
+    weights = [params[w] for w, _ in layout.layers]
+    biases = [params[b] for _, b in layout.layers]
+    if per_task:  # [T, out, in] -> [T, in, out] once, biases [T, 1, out]
+        weights = [w.transpose(1, 2) for w in weights]
+        biases = [b.unsqueeze(1) for b in biases]
+    last = len(weights) - 1
+
+    def mean(obs: Tensor) -> Tensor:
+        h = obs
+        for index, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(bias, h, weight) if per_task else F.linear(h, weight, bias)
+            if index < last:
+                h = activate(h, layout.activation)
+        return h
+
+    return mean
+
+
+def _std(params: Params, per_task: bool, dtype: torch.dtype) -> Tensor:
+    """Action standard deviation, ``[T, 1, act_dim]`` per task or ``[act_dim]``."""
+    std = params["log_std"].detach().exp().to(dtype)
+    return std.unsqueeze(1) if per_task else std
+
+
+def completed_episode_sums(signal: Tensor, done: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-task sums of ``signal`` over completed episodes, and the episode count.
+
+    A step belongs to a completed episode when its env ends an episode at that step or
+    later in the batch (a reverse running maximum of ``done`` over steps).
+
+    :param signal: ``[T, E, N]``. :param done: ``[T, E, N]`` bool (terminated or truncated).
+    :return: ``(sums [T] float64, episodes [T] long)``.
+    """
+    ends_later = done.flip(-1).cummax(-1).values.flip(-1)
+    return (signal.double() * ends_later).sum((1, 2)), done.sum((1, 2))
 
 
 def collect(
@@ -133,7 +176,7 @@ def collect(
     T, E = env.num_tasks, env.num_envs
     raw_obs = env.reset(seed=seed)
     dtype = raw_obs.dtype
-    store = {
+    store: dict[str, list[Tensor]] = {
         name: []
         for name in (
             "raw_obs",
@@ -148,22 +191,25 @@ def collect(
             "timestep",
         )
     }
-    running_return = torch.zeros(T, E, dtype=torch.float64)
-    running_cost = torch.zeros(T, E, dtype=torch.float64)
-    sum_return = torch.zeros(T, dtype=torch.float64)
-    sum_cost = torch.zeros(T, dtype=torch.float64)
-    episodes = torch.zeros(T, dtype=torch.long)
     elapsed = torch.zeros(T, E, dtype=torch.long)
     # Envs that keep an episode clock (model envs start mid-episode) report it.
     clock = getattr(env, "elapsed", None)
     track_states = hasattr(env, "state") and hasattr(env, "final_state")
     if track_states:
         store["states"], store["next_states"], store["next_raw_obs"] = [], [], []
+    means = action_means(policy, params, per_task)
+    with torch.no_grad():
+        first_mean = means(normalizer(raw_obs).to(dtype))
+        std = _std(params, per_task, first_mean.dtype)
+        # All action noise in one draw: one generator call per batch, not per step.
+        noise = torch.randn((steps, *first_mean.shape), generator=generator, dtype=first_mean.dtype)
     raw_obs_seen = [raw_obs]
-    for _ in range(steps):
+    for step in range(steps):
         obs = normalizer(raw_obs)
-        actions, log_prob = policy_sample(policy, params, obs.to(dtype), per_task, generator)
-        timestep = env.elapsed.clone() if clock is not None else elapsed.clone()
+        with torch.no_grad():
+            mean = first_mean if step == 0 else means(obs.to(dtype))
+            actions = mean + std * noise[step]
+        timestep = env.elapsed.clone() if clock is not None else elapsed
         if track_states:
             store["states"].append(env.state.clone())
         next_raw, reward, cost, terminated, truncated = env.step(actions)
@@ -172,9 +218,9 @@ def collect(
         final_raw = torch.where(done.unsqueeze(-1), env.final_obs, next_raw)
         store["raw_obs"].append(raw_obs)
         store["obs"].append(obs)
-        store["next_obs"].append(normalizer(final_raw))
+        store["next_obs"].append(final_raw)
         store["actions"].append(actions)
-        store["log_probs"].append(log_prob)
+        store["log_probs"].append(mean)
         store["rewards"].append(reward)
         store["costs"].append(cost)
         store["terminated"].append(terminated)
@@ -184,17 +230,18 @@ def collect(
             store["next_states"].append(env.final_state.clone())
             store["next_raw_obs"].append(final_raw)
         elapsed = (elapsed + 1) * ~done
-        running_return += reward.double()
-        running_cost += cost.double()
-        sum_return += (running_return * done).sum(1)
-        sum_cost += (running_cost * done).sum(1)
-        episodes += done.sum(1)
-        running_return *= ~done
-        running_cost *= ~done
         raw_obs = next_raw
         raw_obs_seen.append(next_raw)
-    normalizer.update(torch.stack(raw_obs_seen))
     batch = {k: torch.stack(v, dim=2) for k, v in store.items()}
+    # Whole-batch transforms instead of per-step ones: normalised next observations (with
+    # the statistics the steps used, so before the update) and behaviour log-probs (the
+    # list above held the means).
+    batch["next_obs"] = normalizer(batch["next_obs"])
+    normalizer.update(torch.stack(raw_obs_seen))
+    batch["log_probs"] = gaussian_log_prob(batch["log_probs"], std.unsqueeze(-2), batch["actions"])
+    done = batch["terminated"] | batch["truncated"]
+    sum_return, episodes = completed_episode_sums(batch["rewards"], done)
+    sum_cost, _ = completed_episode_sums(batch["costs"], done)
     count = episodes.clamp_min(1).double()
     nan = torch.full((T,), float("nan"), dtype=torch.float64)
     return Batch(
