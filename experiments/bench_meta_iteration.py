@@ -126,6 +126,11 @@ def main() -> None:
         help="override runtime.torch_threads (default: the config's, 2)",
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="extra hydra overrides for every row, e.g. meta_optimizer.fisher_stride=5",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -163,6 +168,7 @@ def main() -> None:
             overrides.append(f"env.episode_steps={QUICK_STEPS}")
         if args.torch_threads is not None:
             overrides.append(f"runtime.torch_threads={args.torch_threads}")
+        overrides.extend(args.overrides)
         print(f"[{label}] {iterations} timed + 1 warm-up iteration(s) ...", flush=True)
         start = time.perf_counter()
         result = run_worker({"overrides": overrides, "iterations": iterations}, args.timeout)
@@ -171,7 +177,8 @@ def main() -> None:
 
     mode = "QUICK smoke test (not comparable to the reference)" if args.quick else "full batch"
     print(
-        f"\n## Seconds per meta-iteration ({mode}), meta_optimizer={args.meta_optimizer}\n\n"
+        f"\n## Seconds per meta-iteration ({mode}), meta_optimizer={args.meta_optimizer}"
+        f"{' ' + ' '.join(args.overrides) if args.overrides else ''}\n\n"
         f"{batch['meta.tasks_per_iteration']} tasks x {collections} collections "
         f"({batch['meta.inner_steps']} inner + post) x {batch['meta.envs_per_task']} envs x "
         f"{batch['meta.steps_per_env']} steps = {steps:,} env steps, {updates} policy updates "

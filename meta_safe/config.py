@@ -57,6 +57,7 @@ class MetaConfig:
     outer_trust_radius: float = 0.01  # KL bound of the outer CPO step on the initial policy
     outer_damping: float = 0.1  # Fisher damping of the outer step
     outer_cg_iters: int = 10  # conjugate-gradient iterations of the outer step
+    outer_fisher_stride: int = 5  # the outer Fisher is averaged over every k-th sample
     cost_penalty: float = 1.0  # mu in J_R - mu * max(0, J_C - d) for learnable rules
 
 
@@ -120,6 +121,7 @@ POSITIVE: tuple[str, ...] = (
     "meta.envs_per_task",
     "meta.steps_per_env",
     "meta.outer_trust_radius",
+    "meta.outer_fisher_stride",
     "evaluation.tasks",
     "evaluation.envs_per_task",
     "evaluation.steps_per_env",

@@ -121,6 +121,7 @@ def outer_cpo_step(
     trust_radius: float,
     damping: float,
     cg_iters: int,
+    fisher_stride: int = 1,
 ) -> tuple[Params, dict[str, Tensor]]:
     """CPO step on ``theta_0`` (closed form) with the pre-adaptation Fisher.
 
@@ -139,7 +140,7 @@ def outer_cpo_step(
         horizon=pre_data[0].horizon,
     )
     hg, hb = natural_directions(
-        policy, detached, merged, [g, b], damping, cg_iters, create_graph=False
+        policy, detached, merged, [g, b], damping, cg_iters, False, fisher_stride
     )
     step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
     new = unflatten_like(flat_concat(detached).detach() + step.detach(), meta_params)

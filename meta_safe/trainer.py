@@ -180,6 +180,7 @@ class MetaTrainer:
             meta_cfg.outer_trust_radius,
             meta_cfg.outer_damping,
             meta_cfg.outer_cg_iters,
+            meta_cfg.outer_fisher_stride,
         )
         with torch.no_grad():
             obs = result.batches[0].obs.reshape(-1, self.policy.obs_dim)

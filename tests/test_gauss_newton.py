@@ -7,7 +7,6 @@ from torch import nn
 from meta_safe.gauss_newton import gaussian_fisher_matvec, mlp_layout
 from meta_safe.meta_optimizers.base import kl_hessian_matvec
 from meta_safe.policy import GaussianPolicy
-from meta_safe.surrogate import PolicyData
 
 
 def perturbed_policy(activation: str, seed: int = 0):
@@ -21,17 +20,12 @@ def perturbed_policy(activation: str, seed: int = 0):
     return policy, params, obs
 
 
-def obs_only(obs: torch.Tensor) -> PolicyData:
-    empty = torch.empty(0)
-    return PolicyData(obs, empty, empty, empty, empty, empty, empty, horizon=500)
-
-
 @pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
 def test_products_match_the_kl_hessian(activation: str) -> None:
     policy, params, obs = perturbed_policy(activation)
     size = sum(v.numel() for v in params.values())
     vectors = torch.randn(3, size, dtype=torch.float64)
-    reference = kl_hessian_matvec(policy, params, obs_only(obs), 0.1, create_graph=True)
+    reference = kl_hessian_matvec(policy, params, obs, 0.1, create_graph=True)
     analytic = gaussian_fisher_matvec(mlp_layout(policy, params), params, obs, 0.1)
     torch.testing.assert_close(analytic(vectors), reference(vectors), rtol=1e-10, atol=1e-12)
     # A single vector gives the same as the batch's first row.
@@ -54,9 +48,7 @@ def test_derivatives_match_the_kl_hessian(activation: str) -> None:
         grads = torch.autograd.grad((product * probe).sum(), values, allow_unused=True)
         return [torch.zeros_like(v) if g is None else g for v, g in zip(values, grads, strict=True)]
 
-    reference = derivative(
-        lambda p: kl_hessian_matvec(policy, p, obs_only(obs), 0.1, create_graph=True)
-    )
+    reference = derivative(lambda p: kl_hessian_matvec(policy, p, obs, 0.1, create_graph=True))
     layout = mlp_layout(policy, params)
     analytic = derivative(lambda p: gaussian_fisher_matvec(layout, p, obs, 0.1))
     for a, r in zip(analytic, reference, strict=True):
@@ -81,3 +73,36 @@ def test_layout_refuses_policies_it_cannot_differentiate_analytically() -> None:
     assert mlp_layout(policy, params) is not None
     policy.mean_net.insert(1, nn.LayerNorm(8))
     assert mlp_layout(policy, policy.init_params()) is None
+
+
+def test_fisher_stride_uses_every_kth_sample_and_rejects_bad_values() -> None:
+    from dataclasses import replace
+
+    from meta_safe.meta_optimizers.base import natural_directions
+    from meta_safe.meta_optimizers.trpo import TRPOUpdate
+    from meta_safe.surrogate import PolicyData
+
+    policy, params, obs = perturbed_policy("tanh", seed=3)
+    n = obs.shape[0]
+    data = PolicyData(
+        obs,
+        obs[:, :2],
+        torch.zeros(n),
+        torch.zeros(n),
+        torch.zeros(n),
+        torch.tensor(0.0),
+        torch.tensor(0.0),
+        horizon=500,
+    )
+    size = sum(v.numel() for v in params.values())
+    rhs = [torch.randn(size, dtype=torch.float64)]
+    strided = natural_directions(policy, params, data, rhs, 0.1, 50, False, fisher_stride=3)
+    subsampled = natural_directions(
+        policy, params, replace(data, obs=obs[::3]), rhs, 0.1, 50, False
+    )
+    full = natural_directions(policy, params, data, rhs, 0.1, 50, False)
+    torch.testing.assert_close(strided[0], subsampled[0])
+    assert not torch.allclose(strided[0], full[0])
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"fisher_stride={bad!r} is invalid"):
+            TRPOUpdate(fisher_stride=bad)

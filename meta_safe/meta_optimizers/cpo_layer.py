@@ -18,6 +18,7 @@ from meta_safe.meta_optimizers.base import (
     MetaOptimizer,
     State,
     add_flat,
+    check_fisher_stride,
     constraint_margin,
     natural_directions,
     task_gradients,
@@ -36,6 +37,7 @@ class CPOLayerUpdate(MetaOptimizer):
         decrease (Achiam et al. 2017, appendix 10.3). The scale is chosen without
         gradient, so the step stays differentiable (exact meta-gradients almost everywhere).
     :param shrink: backtracking factor in (0, 1).
+    :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch.
     """
 
     def __init__(
@@ -46,8 +48,10 @@ class CPOLayerUpdate(MetaOptimizer):
         solver: str = "cvxpylayers",
         line_search_steps: int = 0,
         shrink: float = 0.8,
+        fisher_stride: int = 5,
     ) -> None:
         super().__init__()
+        self.fisher_stride = check_fisher_stride(fisher_stride)
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
         if trust_radius <= 0:
@@ -76,7 +80,14 @@ class CPOLayerUpdate(MetaOptimizer):
         for p, d in zip(params, data, strict=True):
             g, b = task_gradients(policy, p, d, ctx.create_graph)
             hg, hb = natural_directions(
-                policy, p, d, [g, b], self.damping, self.cg_iters, ctx.create_graph
+                policy,
+                p,
+                d,
+                [g, b],
+                self.damping,
+                self.cg_iters,
+                ctx.create_graph,
+                self.fisher_stride,
             )
             gs.append(g)
             bs.append(b)

@@ -78,6 +78,7 @@ from meta_safe.meta_optimizers.base import (
     MetaOptimizer,
     State,
     add_flat,
+    check_fisher_stride,
     constraint_margin,
     natural_directions,
 )
@@ -323,6 +324,7 @@ class CPPOEMUpdate(MetaOptimizer):
     :param m_steps: Gauss-Newton steps of the M-step fit (``>= 1``).
     :param m_lr: fraction of the Gauss-Newton step taken (``(0, 1]``; 1: full step).
     :param damping: Fisher damping. :param cg_iters: conjugate-gradient iterations.
+    :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch.
     """
 
     def __init__(
@@ -333,6 +335,7 @@ class CPPOEMUpdate(MetaOptimizer):
         m_lr: float = 1.0,
         damping: float = 0.1,
         cg_iters: int = 10,
+        fisher_stride: int = 5,
     ) -> None:
         super().__init__()
         if not (math.isfinite(trust_radius) and trust_radius > 0):
@@ -350,6 +353,7 @@ class CPPOEMUpdate(MetaOptimizer):
         self.trust_radius, self.ratio_min = float(trust_radius), float(ratio_min)
         self.m_steps, self.m_lr = int(m_steps), float(m_lr)
         self.damping, self.cg_iters = float(damping), int(cg_iters)
+        self.fisher_stride = check_fisher_stride(fisher_stride)
 
     def m_step(
         self,
@@ -367,7 +371,14 @@ class CPPOEMUpdate(MetaOptimizer):
             grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
             descent = -flat_concat(dict(zip(theta, grads, strict=True)))
             (step,) = natural_directions(
-                policy, theta, data, [descent], self.damping, self.cg_iters, create_graph
+                policy,
+                theta,
+                data,
+                [descent],
+                self.damping,
+                self.cg_iters,
+                create_graph,
+                self.fisher_stride,
             )
             quad_kl = 0.5 * self.m_lr**2 * (descent * step).sum()  # 0.5 x^T H x
             cap = torch.sqrt(self.trust_radius / quad_kl.clamp_min(1e-30)).clamp(max=1.0)

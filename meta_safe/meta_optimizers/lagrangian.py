@@ -27,6 +27,7 @@ from meta_safe.meta_optimizers.base import (
     MetaOptimizer,
     State,
     add_flat,
+    check_fisher_stride,
     constraint_margin,
     natural_directions,
     task_gradients,
@@ -39,6 +40,7 @@ class LagrangianUpdate(MetaOptimizer):
     """:param lr_lambda: multiplier step per unit of violation (``>= 0``).
     :param lambda_init: initial multiplier (``>= 0``). :param trust_radius: KL bound ``delta``.
     :param damping: Fisher damping. :param cg_iters: conjugate-gradient iterations.
+    :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class LagrangianUpdate(MetaOptimizer):
         trust_radius: float = 0.01,
         damping: float = 0.1,
         cg_iters: int = 10,
+        fisher_stride: int = 5,
     ) -> None:
         super().__init__()
         if not (math.isfinite(lr_lambda) and lr_lambda >= 0):
@@ -62,6 +65,7 @@ class LagrangianUpdate(MetaOptimizer):
             raise ValueError(f"cg_iters={cg_iters} is invalid: must be >= 1")
         self.lr_lambda, self.lambda_init = float(lr_lambda), float(lambda_init)
         self.trust_radius, self.damping, self.cg_iters = trust_radius, damping, cg_iters
+        self.fisher_stride = check_fisher_stride(fisher_stride)
 
     def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
         """``lambda [T]`` filled with ``lambda_init``."""
@@ -84,7 +88,14 @@ class LagrangianUpdate(MetaOptimizer):
             g, b = task_gradients(policy, p, d, ctx.create_graph)
             direction = (g - lam_t * b) / (1.0 + lam_t)
             (h_direction,) = natural_directions(
-                policy, p, d, [direction], self.damping, self.cg_iters, ctx.create_graph
+                policy,
+                p,
+                d,
+                [direction],
+                self.damping,
+                self.cg_iters,
+                ctx.create_graph,
+                self.fisher_stride,
             )
             curvature = (direction * h_direction).sum().clamp_min(1e-12)
             scale = torch.sqrt(2 * self.trust_radius / curvature)

@@ -13,6 +13,7 @@ from meta_safe.meta_optimizers.base import (
     MetaOptimizer,
     State,
     add_flat,
+    check_fisher_stride,
     natural_directions,
     task_gradients,
 )
@@ -21,15 +22,21 @@ from meta_safe.surrogate import PolicyData
 
 
 class TRPOUpdate(MetaOptimizer):
-    """:param trust_radius: KL bound. :param damping: Fisher damping. :param cg_iters: CG steps."""
+    """:param trust_radius: KL bound. :param damping: Fisher damping. :param cg_iters: CG steps.
+    :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch."""
 
     def __init__(
-        self, trust_radius: float = 0.01, damping: float = 0.1, cg_iters: int = 10
+        self,
+        trust_radius: float = 0.01,
+        damping: float = 0.1,
+        cg_iters: int = 10,
+        fisher_stride: int = 5,
     ) -> None:
         super().__init__()
         if trust_radius <= 0:
             raise ValueError(f"trust_radius={trust_radius} is invalid: must be > 0")
         self.trust_radius, self.damping, self.cg_iters = trust_radius, damping, cg_iters
+        self.fisher_stride = check_fisher_stride(fisher_stride)
 
     def step(
         self,
@@ -43,7 +50,7 @@ class TRPOUpdate(MetaOptimizer):
         for p, d in zip(params, data, strict=True):
             g, _ = task_gradients(policy, p, d, ctx.create_graph)
             (hg,) = natural_directions(
-                policy, p, d, [g], self.damping, self.cg_iters, ctx.create_graph
+                policy, p, d, [g], self.damping, self.cg_iters, ctx.create_graph, self.fisher_stride
             )
             scale = torch.sqrt(2 * self.trust_radius / (g * hg).sum().clamp_min(1e-12))
             new_params.append(add_flat(p, scale * hg))
