@@ -33,6 +33,7 @@ class EnvConfig:
     num_walls: int = 2  # 2 | 4
     episode_steps: int = 500  # steps per episode (truncation)
     placement: float = 0.2  # start position uniform in [-placement, placement]^2
+    step_threads: int = 1  # MuJoCo backend: threads stepping the envs (mj_step releases the GIL)
     cost_limit: float = 10.0  # per-episode cost limit d
     fixed: RangeConfig = field(default_factory=RangeConfig)
     meta_train: RangeConfig = field(default_factory=RangeConfig)
@@ -116,6 +117,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 }
 POSITIVE: tuple[str, ...] = (
     "env.episode_steps",
+    "env.step_threads",
     "meta.iterations",
     "meta.tasks_per_iteration",
     "meta.envs_per_task",

@@ -16,19 +16,17 @@ def make_batched_env(
 ) -> BatchedEnv:
     """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way."""
     backend = env_cfg.backend
+    common = {"seed": seed, "placement": env_cfg.placement, "episode_steps": env_cfg.episode_steps}
     if backend == "torch":
-        from stochastic_circle.torch_backend import BatchedCircleEnv as EnvClass
-    elif backend == "mujoco":
-        from stochastic_circle.mujoco_batched import MujocoBatchedEnv as EnvClass
-    else:
-        raise ValueError(f"env.backend={backend!r} is unknown: valid choices are {list(BACKENDS)}")
-    return EnvClass(
-        list(tasks),
-        num_envs,
-        seed=seed,
-        placement=env_cfg.placement,
-        episode_steps=env_cfg.episode_steps,
-    )
+        from stochastic_circle.torch_backend import BatchedCircleEnv
+
+        return BatchedCircleEnv(list(tasks), num_envs, **common)
+    if backend == "mujoco":
+        from stochastic_circle.mujoco_batched import MujocoBatchedEnv
+
+        threads = env_cfg.get("step_threads", 1)
+        return MujocoBatchedEnv(list(tasks), num_envs, step_threads=threads, **common)
+    raise ValueError(f"env.backend={backend!r} is unknown: valid choices are {list(BACKENDS)}")
 
 
 def task_distribution(env_cfg: Any, split: str) -> TaskDistribution:

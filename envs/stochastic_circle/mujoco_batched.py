@@ -2,7 +2,9 @@
 
 :class:`MujocoBatchedEnv` steps ``tasks x envs`` :class:`MujocoCircleEnv` instances
 in-process (on 2 cores a process pool costs more in communication than it saves,
-see ``experiments/bench_envs.py``) and exposes the same API as
+see ``experiments/bench_envs.py``), optionally on several threads: ``mj_step`` and
+``mj_forward`` release the GIL, and the physics is most of a step's time. It exposes
+the same API as
 :class:`stochastic_circle.torch_backend.BatchedCircleEnv`, so training code can
 switch backend with one config value.
 """
@@ -10,6 +12,7 @@ switch backend with one config value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -24,6 +27,9 @@ class MujocoBatchedEnv:
 
     Ended episodes reset automatically; :attr:`final_obs` holds the observation
     each env ended on. Env ``(t, e)`` is seeded ``seed + t * num_envs + e``.
+
+    :param step_threads: threads that step disjoint slices of the envs; results do not
+        depend on it (each env has its own model, data and random generator).
     """
 
     def __init__(
@@ -34,11 +40,14 @@ class MujocoBatchedEnv:
         placement: float = 0.2,
         episode_steps: int = 500,
         dtype: torch.dtype = torch.float32,
+        step_threads: int = 1,
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: give at least one CircleTask")
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs} is invalid: must be >= 1")
+        if step_threads < 1:
+            raise ValueError(f"step_threads={step_threads} is invalid: must be >= 1")
         robots = {t.robot for t in tasks}
         if len(robots) > 1:
             raise ValueError(f"tasks mix robots {sorted(robots)}: one robot per batched env")
@@ -55,6 +64,20 @@ class MujocoBatchedEnv:
         self._obs_dim = int(self.envs[0][0].observation_space.shape[0])
         self.final_obs = torch.zeros(self.num_tasks, num_envs, self._obs_dim, dtype=dtype)
         self._seeded = False
+        flat = [(t, e) for t in range(self.num_tasks) for e in range(num_envs)]
+        threads = min(step_threads, len(flat))
+        # Interleaved slices, one per thread; each writes only its own entries of the outputs.
+        self._slices = [flat[i::threads] for i in range(threads)]
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def close(self) -> None:
+        """Stop the stepping threads (the envs hold no other resources)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __del__(self) -> None:
+        self.close()
 
     @property
     def obs_dim(self) -> int:
@@ -94,12 +117,20 @@ class MujocoBatchedEnv:
         final = np.empty_like(obs)
         reward, cost = np.empty(shape), np.empty(shape)
         terminated, truncated = np.zeros(shape, bool), np.zeros(shape, bool)
-        for t, row in enumerate(self.envs):
-            for e, env in enumerate(row):
+
+        def step_slice(indices: list[tuple[int, int]]) -> None:
+            for t, e in indices:
+                env = self.envs[t][e]
                 o, r, c, term, trunc, _ = env.step_with_cost(actions[t, e])
                 final[t, e], reward[t, e], cost[t, e] = o, r, c
                 terminated[t, e], truncated[t, e] = term, trunc
                 obs[t, e] = env.reset()[0] if (term or trunc) else o
+
+        if self._pool is None:
+            step_slice(self._slices[0])
+        else:
+            for done in [self._pool.submit(step_slice, part) for part in self._slices]:
+                done.result()  # re-raises a worker's exception here
         self.final_obs = self._tensor(final)
         return (
             self._tensor(obs),
