@@ -397,7 +397,8 @@ class MujocoCircleEnv(gymnasium.Env):
         radius = math.sqrt(x * x + y * y)
         tangential_speed = (-u * y + v * x) / radius
         reward = REWARD_FACTOR * tangential_speed / (1.0 + abs(radius - self._task.radius))
-        return float(np.clip(reward, -REWARD_CLIP, REWARD_CLIP))
+        # min/max on a Python float: np.clip costs ~4 us a call, a tenth of a whole step.
+        return min(max(float(reward), -REWARD_CLIP), REWARD_CLIP)
 
     def _cost(self) -> float:
         """1 outside the walls (``|x|``, and ``|y|`` with four walls, beyond wall_distance)."""
@@ -439,7 +440,7 @@ class MujocoCircleEnv(gymnasium.Env):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (2,):
             raise ValueError(f"action shape {action.shape} is invalid: expected (2,)")
-        self.data.ctrl[:] = np.clip(action, self._ctrl_low, self._ctrl_high)
+        self.data.ctrl[:] = np.minimum(np.maximum(action, self._ctrl_low), self._ctrl_high)
         mujoco.mj_step(self.model, self.data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
         # mj_step leaves sensors and kinematics at the pre-integration state; stock
         # calls mj_forward once more to read them at the new state.
