@@ -81,3 +81,18 @@ def test_same_seed_same_batch() -> None:
 
     a, b = run(), run()
     assert torch.equal(a.obs, b.obs) and torch.equal(a.actions, b.actions)
+
+
+def test_completed_episode_sums_with_unaligned_episode_ends() -> None:
+    """Envs whose episodes end at different steps (as model envs started mid-episode do):
+    only steps of episodes that end inside the batch count."""
+    from meta_safe.rollout import completed_episode_sums
+
+    signal = torch.arange(1.0, 7.0).repeat(1, 2, 1)  # [T=1, E=2, N=6]: 1..6 in each env
+    done = torch.zeros(1, 2, 6, dtype=torch.bool)
+    done[0, 0, 1] = done[0, 0, 4] = True  # env 0: episodes [1,2] and [3,4,5]; 6 is partial
+    done[0, 1, 5] = True  # env 1: one episode of all six steps
+    sums, episodes = completed_episode_sums(signal, done)
+    assert episodes.tolist() == [3]
+    assert sums.tolist() == [(1 + 2) + (3 + 4 + 5) + (1 + 2 + 3 + 4 + 5 + 6)]
+    assert sums.dtype == torch.float64
