@@ -94,9 +94,10 @@ def natural_directions(
     """``H^-1 v`` for each ``v`` ``[P]``; ``H`` is the Fisher of the policy at ``params``.
 
     ``fisher_stride = k`` averages the Fisher over every ``k``-th sample of the batch only
-    (the gradients ``v`` still use every sample): the usual TRPO economy (OpenAI baselines'
-    TRPO estimates Fisher-vector products on every 5th sample, OmniSafe's CPO on every 4th), ``k`` times fewer operations
-    in every conjugate-gradient product and in its part of the meta-gradient.
+    (the gradients ``v`` still use every sample): the usual TRPO economy (OpenAI
+    baselines' TRPO estimates Fisher-vector products on every 5th sample, OmniSafe's CPO
+    on every 4th), ``k`` times fewer operations in every conjugate-gradient product and
+    in its part of the meta-gradient.
 
     All right-hand sides are solved as one batched conjugate gradient. The Fisher
     operator is the analytic Gauss-Newton product of :mod:`meta_safe.gauss_newton` for
