@@ -30,8 +30,12 @@ from meta_safe.cpo_step import (
 DTYPE = torch.float64
 P = 5
 DELTA = 0.01
-CASES = {"inactive": CASE_INACTIVE, "active_safe": CASE_ACTIVE, "active_violating": CASE_ACTIVE,
-         "infeasible": CASE_INFEASIBLE}
+CASES = {
+    "inactive": CASE_INACTIVE,
+    "active_safe": CASE_ACTIVE,
+    "active_violating": CASE_ACTIVE,
+    "infeasible": CASE_INFEASIBLE,
+}
 
 
 def _spd_from(m: Tensor) -> Tensor:
@@ -66,8 +70,9 @@ def make_problem(kind: str, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _step(g: Tensor, b: Tensor, c: Tensor, m: Tensor, solver: str):
     h = _spd_from(m)
-    return cpo_step(g, b, c, torch.linalg.solve(h, g), torch.linalg.solve(h, b), DELTA,
-                    solver=solver)
+    return cpo_step(
+        g, b, c, torch.linalg.solve(h, g), torch.linalg.solve(h, b), DELTA, solver=solver
+    )
 
 
 def _batch(kinds: list[str], seed: int = 0):
@@ -242,8 +247,15 @@ def test_degenerate_cost_gradient_gives_finite_steps_and_gradients():
     for solver in cpo_mod.SOLVERS:
         h = _spd_from(m)
         gg, bb = g.expand(2, P), b.expand(2, P)
-        x, info = cpo_step(gg, bb, c, torch.linalg.solve(h, gg.T).T, torch.linalg.solve(h, bb.T).T,
-                           DELTA, solver=solver)
+        x, info = cpo_step(
+            gg,
+            bb,
+            c,
+            torch.linalg.solve(h, gg.T).T,
+            torch.linalg.solve(h, bb.T).T,
+            DELTA,
+            solver=solver,
+        )
         assert info["case"].tolist() == [CASE_INACTIVE, CASE_INFEASIBLE]
         assert torch.isfinite(x).all() and torch.all(x[1] == 0)  # no direction reduces cost
         grads = torch.autograd.grad(x.sum(), (b, c), allow_unused=True)
@@ -261,6 +273,7 @@ def test_nan_input_raises_naming_the_task(solver):
 
 def test_layer_failure_is_detected_by_kkt_checks(monkeypatch):
     """A solver that returns a non-optimal point must raise, not return garbage."""
+
     class WrongLayer:
         def __call__(self, chol_t, gamma, solver_args=None):
             batch = gamma.shape[0]

@@ -94,8 +94,9 @@ def test_fvp_differentiable_wrt_params_and_vector(policy):
     vector = torch.randn(flat0.shape[0], dtype=DTYPE, requires_grad=True)
 
     def fvp_of(flat: Tensor, vec: Tensor) -> Tensor:
-        return fisher_vector_product(kl_fn, unflatten_like(flat, params), vec, 0.05,
-                                     create_graph=True)
+        return fisher_vector_product(
+            kl_fn, unflatten_like(flat, params), vec, 0.05, create_graph=True
+        )
 
     # third derivatives of the KL appear here: exact MAML through the inner step needs them
     assert torch.autograd.gradcheck(fvp_of, (flat0, vector), eps=1e-6, atol=1e-7)
@@ -145,6 +146,7 @@ def test_cg_gradient_wrt_rhs_and_matrix():
     def solve(m: Tensor, b: Tensor) -> Tensor:
         def matvec(v: Tensor) -> Tensor:  # param-dependent SPD operator, as a FVP would be
             return m @ (m.T @ v) / n + 0.5 * v
+
         # n iterations solve an n x n system exactly (up to round-off); more are frozen
         return conjugate_gradient(matvec, b, iters=n + 3, residual_tol=1e-26)
 
@@ -165,8 +167,9 @@ def test_cg_with_fvp_recovers_natural_gradient(policy):
     damping = 0.1
     hessian = _explicit_hessian(kl_fn, params) + damping * torch.eye(10, dtype=DTYPE)
     g = torch.randn(10, generator=torch.Generator().manual_seed(10), dtype=DTYPE)
-    x = conjugate_gradient(lambda v: fisher_vector_product(kl_fn, params, v, damping), g, iters=30,
-                           residual_tol=1e-22)
+    x = conjugate_gradient(
+        lambda v: fisher_vector_product(kl_fn, params, v, damping), g, iters=30, residual_tol=1e-22
+    )
     torch.testing.assert_close(x, torch.linalg.solve(hessian, g), rtol=1e-8, atol=1e-9)
 
 

@@ -1,15 +1,16 @@
 """Learning tests: a policy really improves, and the constraint really binds.
 
-CPO (with the default persistent MLP cost critic) and unconstrained TRPO trained from
-scratch on the default fixed point-circle task (torch backend, cost limit 25) with the
-same small budget (15 updates of 4,000 steps), three seeds each (about 7 s per run).
-One seed's late cost is a noisy number: the same policy's 8-episode batch cost ranges
-over 7-53 from one batch to the next, because each episode either stays inside the
-walls (cost 0) or drifts out (40-270). So the assertions are on means over the last 5
-batches and the three seeds. Measured here: CPO raises the return from about 0 to
-7.5-12, TRPO to 23-25; TRPO's late cost averages about 173, CPO's about 71: 2.4x lower
-but still above the limit (the open problem described in the README's single-task
-results), so the test asserts the weaker, still falsifiable, "well below TRPO".
+CPO and unconstrained TRPO trained from scratch on the default fixed point-circle task
+(torch backend, cost limit 25), 30 updates of 16,000 steps (32 envs x 500), CPO with the
+default persistent MLP cost critic and the overshoot-calibrated margin
+(``meta_optimizer.overshoot_margin=true``, :mod:`meta_safe.overshoot_margin`).
+
+"Ends at or below the limit" is judged on the last 10 batches (320 episodes): one
+batch is a noisy number, because each episode either stays inside the walls (cost 0)
+or drifts out (40-270). Measured here (seeds 0, 1, 2): CPO's return rises from about 0
+to 24-32 while its late cost is 24.9, 19.2 and 23.3; TRPO's cost ends near 200. Without
+the margin the same CPO ends at about 42 (README, single-task results), so the margin
+is what this test pins down. About 30 s per run.
 """
 
 import statistics
@@ -21,51 +22,56 @@ from test_trainer import CONFIG_DIR
 from meta_safe.config import validate
 from meta_safe.envs import task_distribution
 from meta_safe.policy import GaussianPolicy
-from meta_safe.single_task import train_single_task
+from meta_safe.single_task import SingleTaskResult, train_single_task
 from meta_safe.surrogate import AdvantageConfig
 from meta_safe.trainer import build_rule
 
-ITERATIONS = 15
-
-
+ITERATIONS = 30
+ENVS = 32
 SEEDS = (0, 1, 2)
+COST_LIMIT = 25.0
 
 
-def run(rule: str, seed: int):
+def run(overrides: list[str], seed: int) -> SingleTaskResult:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = validate(compose("config", overrides=[f"meta_optimizer={rule}", "env.cost_limit=25"]))
+        cfg = validate(compose("config", overrides=[*overrides, f"env.cost_limit={COST_LIMIT}"]))
     torch.manual_seed(seed)
     task = task_distribution(cfg.env, "fixed").sample(1, seed=0)[0]
     policy = GaussianPolicy(
         28, 2, cfg.policy.hidden, cfg.policy.activation, cfg.policy.log_std_init
     )
-    result = train_single_task(
+    return train_single_task(
         cfg.env,
         task,
         build_rule(cfg.meta_optimizer),
         policy,
         ITERATIONS,
-        8,
+        ENVS,
         cfg.env.episode_steps,
         AdvantageConfig(**cfg.advantage),
         seed=seed,
         critic_cfg=cfg.critic,
     )
-    return result, cfg.env.cost_limit
 
 
-def late_mean(values: list[float]) -> float:
-    return statistics.mean(values[-5:])
+def late(values: list[float]) -> float:
+    return statistics.mean(values[-10:])
 
 
-def test_cpo_improves_return_and_keeps_cost_well_below_trpo() -> None:
-    cpo = [run("cpo_layer", seed) for seed in SEEDS]
-    trpo = [run("trpo", seed) for seed in SEEDS]
-    limit = cpo[0][1]
-    for (c, _), (t, _) in zip(cpo, trpo, strict=True):
-        assert late_mean(c.returns) > c.returns[0] + 5.0, c.returns
-        assert late_mean(t.returns) > t.returns[0] + 5.0, t.returns
-    late_cpo_cost = statistics.mean(late_mean(c.costs) for c, _ in cpo)
-    late_trpo_cost = statistics.mean(late_mean(t.costs) for t, _ in trpo)
-    assert late_trpo_cost > 4 * limit, "without a constraint the policy runs through the walls"
-    assert late_cpo_cost < 0.6 * late_trpo_cost, (late_cpo_cost, late_trpo_cost)
+def test_cpo_improves_return_and_ends_within_the_cost_limit() -> None:
+    runs = [
+        run(["meta_optimizer=cpo_layer", "meta_optimizer.overshoot_margin=true"], seed)
+        for seed in SEEDS
+    ]
+    for result in runs:
+        assert late(result.returns) > result.returns[0] + 10.0, result.returns
+    late_costs = [late(result.costs) for result in runs]
+    assert statistics.mean(late_costs) <= COST_LIMIT, late_costs
+    assert max(late_costs) <= 1.2 * COST_LIMIT, late_costs
+
+
+def test_unconstrained_trpo_runs_through_the_walls() -> None:
+    """The same budget without a constraint: the limit binds (TRPO's cost is far above it)."""
+    result = run(["meta_optimizer=trpo"], seed=0)
+    assert late(result.returns) > result.returns[0] + 10.0, result.returns
+    assert late(result.costs) > 4 * COST_LIMIT, result.costs

@@ -46,6 +46,9 @@ FD_DIRECTIONS = 4
 RULES: dict[str, Callable[[], MetaOptimizer]] = {
     "cpo_closed_form": lambda: CPOLayerUpdate(solver="closed_form", cg_iters=5),
     "cpo_cvxpylayers": lambda: CPOLayerUpdate(solver="cvxpylayers", cg_iters=5),
+    "cpo_overshoot": lambda: CPOLayerUpdate(
+        solver="closed_form", cg_iters=5, overshoot_margin=True, overshoot_decay=0.5
+    ),
     "trpo": lambda: TRPOUpdate(cg_iters=5),
     "cppo_em": lambda: CPPOEMUpdate(cg_iters=5),
     "lagrangian": lambda: LagrangianUpdate(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
@@ -287,6 +290,11 @@ def test_meta_parameters_change_under_outer_adam(name: str) -> None:
 EXPECTED_STATE = {
     "cpo_closed_form": {},
     "cpo_cvxpylayers": {},
+    "cpo_overshoot": {
+        "previous_cost": (NUM_TASKS,),
+        "predicted_change": (NUM_TASKS,),
+        "overshoot": (NUM_TASKS,),
+    },
     "trpo": {},
     "cppo_em": {},
     "lagrangian": {"lambda": (NUM_TASKS,)},
@@ -403,3 +411,31 @@ def test_log_sign_preprocess_is_continuous_and_differentiable_at_zero() -> None:
     x = torch.zeros(3, dtype=DTYPE, requires_grad=True)
     (grad,) = torch.autograd.grad(log_sign_preprocess(x, p).sum(), x)
     assert torch.isfinite(grad).all()
+
+
+def test_overshoot_margin_learns_from_a_cost_rise_the_linear_model_missed() -> None:
+    """The batch cost rises by 30 twice while the linear model predicted small changes:
+    the measured overshoot becomes a margin that grows with each missed rise."""
+    rule = CPOLayerUpdate(solver="closed_form", overshoot_margin=True, overshoot_decay=0.5).to(
+        DTYPE
+    )
+    plain = CPOLayerUpdate(solver="closed_form").to(DTYPE)
+    problem = make_problem(rule, episode_costs=(0.0, 0.0))
+    ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
+    params = [{k: v.requires_grad_() for k, v in dict(problem.theta0).items()}] * 2
+    state = rule.init_state(2, DTYPE)
+    margins = []
+    for k, cost in enumerate((COST_LIMIT - 5.0, COST_LIMIT + 25.0, COST_LIMIT + 55.0)):
+        data = [replace(d, episode_cost=torch.tensor(cost, dtype=DTYPE)) for d in problem.post_data]
+        _, state, metrics = rule.step(problem.policy, params, state, data, ctx)
+        margins.append(metrics["overshoot_margin"])
+        if k == 0:
+            _, _, plain_metrics = plain.step(problem.policy, params, {}, data, ctx)
+            assert torch.equal(plain_metrics["case"], metrics["case"])  # no history: no margin
+    assert torch.equal(margins[0], torch.zeros(2, dtype=torch.float64))
+    assert (margins[1] > 10.0).all() and (margins[2] > margins[1]).all()
+    torch.testing.assert_close(
+        state["previous_cost"], torch.full((2,), COST_LIMIT + 55.0, dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="overshoot_decay=1.0 is invalid"):
+        CPOLayerUpdate(overshoot_margin=True, overshoot_decay=1.0)

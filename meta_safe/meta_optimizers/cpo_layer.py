@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from meta_safe import overshoot_margin as overshoot
 from meta_safe.cpo_step import CASE_INFEASIBLE, SOLVERS, cpo_step
 from meta_safe.meta_optimizers.base import (
     InnerContext,
@@ -38,6 +39,11 @@ class CPOLayerUpdate(MetaOptimizer):
         gradient, so the step stays differentiable (exact meta-gradients almost everywhere).
     :param shrink: backtracking factor in (0, 1).
     :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch.
+    :param overshoot_margin: tighten each step's constraint by the measured overshoot of
+        the linear cost model over the previous steps (:mod:`meta_safe.overshoot_margin`);
+        the estimate lives in the rule's state, so it builds up over the inner steps of an
+        adaptation and over a single-task run.
+    :param overshoot_decay: weight of the previous overshoot estimate, in ``[0, 1)``.
     """
 
     def __init__(
@@ -49,9 +55,14 @@ class CPOLayerUpdate(MetaOptimizer):
         line_search_steps: int = 0,
         shrink: float = 0.8,
         fisher_stride: int = 5,
+        overshoot_margin: bool = False,
+        overshoot_decay: float = 0.8,
     ) -> None:
         super().__init__()
         self.fisher_stride = check_fisher_stride(fisher_stride)
+        if not 0.0 <= overshoot_decay < 1.0:
+            raise ValueError(f"overshoot_decay={overshoot_decay} is invalid: must lie in [0, 1)")
+        self.overshoot_margin, self.overshoot_decay = bool(overshoot_margin), overshoot_decay
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
         if trust_radius <= 0:
@@ -67,6 +78,10 @@ class CPOLayerUpdate(MetaOptimizer):
             cg_iters,
             solver,
         )
+
+    def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
+        """The overshoot history (empty without ``overshoot_margin``)."""
+        return overshoot.initial_state(num_tasks) if self.overshoot_margin else {}
 
     def step(
         self,
@@ -94,6 +109,12 @@ class CPOLayerUpdate(MetaOptimizer):
             hgs.append(hg)
             hbs.append(hb)
         margin = constraint_margin(data, ctx.cost_limit).to(gs[0].dtype)
+        episode_costs = torch.stack([d.episode_cost.detach() for d in data])
+        if self.overshoot_margin:
+            expected_overshoot = overshoot.update_overshoot(
+                state, episode_costs, self.overshoot_decay
+            )
+            margin = margin + expected_overshoot.to(margin.dtype)
         steps, info = cpo_step(
             torch.stack(gs),
             torch.stack(bs),
@@ -107,15 +128,21 @@ class CPOLayerUpdate(MetaOptimizer):
             self._backtrack(policy, p, d, s, float(m), int(case))
             for p, d, s, m, case in zip(params, data, steps, margin, info["case"], strict=True)
         ]
-        new_params = [
-            add_flat(p, scale * s) for p, s, scale in zip(params, steps, scales, strict=True)
-        ]
+        applied = steps * torch.tensor(scales, dtype=steps.dtype).unsqueeze(1)
+        new_params = [add_flat(p, s) for p, s in zip(params, applied.unbind(0), strict=True)]
         metrics = {
             "step_scale": torch.tensor(scales),
             "lambda": info["lambda"].detach(),
             "nu": info["nu"].detach(),
             "case": info["case"].detach().float(),
         }
+        if self.overshoot_margin:
+            state = {
+                "previous_cost": episode_costs.double(),
+                "predicted_change": overshoot.predicted_change(torch.stack(bs), applied),
+                "overshoot": expected_overshoot,
+            }
+            metrics["overshoot_margin"] = expected_overshoot.detach()
         return new_params, state, metrics
 
     @torch.no_grad()
