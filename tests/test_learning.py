@@ -9,8 +9,8 @@ default persistent MLP cost critic and the overshoot-calibrated margin
 batch is a noisy number, because each episode either stays inside the walls (cost 0)
 or drifts out (40-270). Measured here (seeds 0, 1, 2): CPO's return rises from about 0
 to 24-32 while its late cost is 24.9, 19.2 and 23.3; TRPO's cost ends near 200. Without
-the margin the same CPO ends at about 42 (README, single-task results), so the margin
-is what this test pins down. About 30 s per run.
+the margin the same CPO and budget end at 39.9, 37.2 and 37.3, so the margin is what
+this test pins down. About 30 s per run.
 """
 
 import statistics
