@@ -183,7 +183,6 @@ def collect(
             "obs",
             "next_obs",
             "actions",
-            "log_probs",
             "rewards",
             "costs",
             "terminated",
@@ -203,7 +202,7 @@ def collect(
         std = _std(params, per_task, first_mean.dtype)
         # All action noise in one draw: one generator call per batch, not per step.
         noise = torch.randn((steps, *first_mean.shape), generator=generator, dtype=first_mean.dtype)
-    raw_obs_seen = [raw_obs]
+    raw_obs_seen, means_seen = [raw_obs], []
     for step in range(steps):
         obs = normalizer(raw_obs)
         with torch.no_grad():
@@ -220,7 +219,7 @@ def collect(
         store["obs"].append(obs)
         store["next_obs"].append(final_raw)
         store["actions"].append(actions)
-        store["log_probs"].append(mean)
+        means_seen.append(mean)
         store["rewards"].append(reward)
         store["costs"].append(cost)
         store["terminated"].append(terminated)
@@ -234,11 +233,11 @@ def collect(
         raw_obs_seen.append(next_raw)
     batch = {k: torch.stack(v, dim=2) for k, v in store.items()}
     # Whole-batch transforms instead of per-step ones: normalised next observations (with
-    # the statistics the steps used, so before the update) and behaviour log-probs (the
-    # list above held the means).
+    # the statistics the steps used, so before the update) and behaviour log-probs.
     batch["next_obs"] = normalizer(batch["next_obs"])
     normalizer.update(torch.stack(raw_obs_seen))
-    batch["log_probs"] = gaussian_log_prob(batch["log_probs"], std.unsqueeze(-2), batch["actions"])
+    means_all = torch.stack(means_seen, dim=2)
+    batch["log_probs"] = gaussian_log_prob(means_all, std.unsqueeze(-2), batch["actions"])
     done = batch["terminated"] | batch["truncated"]
     sum_return, episodes = completed_episode_sums(batch["rewards"], done)
     sum_cost, _ = completed_episode_sums(batch["costs"], done)
