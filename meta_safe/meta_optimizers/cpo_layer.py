@@ -125,7 +125,7 @@ class CPOLayerUpdate(MetaOptimizer):
             solver=self.solver,
         )
         scales = [
-            self._backtrack(policy, p, d, s, float(m), int(case))
+            self._backtrack(policy, p, d, s, float(m.detach()), int(case))
             for p, d, s, m, case in zip(params, data, steps, margin, info["case"], strict=True)
         ]
         applied = steps * torch.tensor(scales, dtype=steps.dtype).unsqueeze(1)
