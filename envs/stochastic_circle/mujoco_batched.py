@@ -72,8 +72,9 @@ class MujocoBatchedEnv:
 
     def close(self) -> None:
         """Stop the stepping threads (the envs hold no other resources)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        pool = getattr(self, "_pool", None)  # absent when __init__ raised early
+        if pool is not None:
+            pool.shutdown(wait=False)
             self._pool = None
 
     def __del__(self) -> None:
