@@ -81,13 +81,12 @@ def activate(z: Tensor, kind: str) -> Tensor:
 
 
 def _activate(z: Tensor, kind: str) -> tuple[Tensor, Tensor]:
-    """``(h, dh/dz)`` of the activation at pre-activation ``z``."""
+    """``(h, dh/dz)`` of the activation at pre-activation ``z``; the slope from ``h``."""
+    h = activate(z, kind)
     if kind == "tanh":
-        h = torch.tanh(z)
         return h, 1.0 - h * h
     if kind == "relu":
-        return torch.relu(z), (z > 0).to(z.dtype)
-    h = torch.nn.functional.elu(z)
+        return h, (z > 0).to(z.dtype)
     return h, torch.where(z > 0, torch.ones_like(z), h + 1.0)
 
 

@@ -197,16 +197,15 @@ def collect(
     if track_states:
         store["states"], store["next_states"], store["next_raw_obs"] = [], [], []
     means = action_means(policy, params, per_task)
-    with torch.no_grad():
-        first_mean = means(normalizer(raw_obs).to(dtype))
-        std = _std(params, per_task, first_mean.dtype)
-        # All action noise in one draw: one generator call per batch, not per step.
-        noise = torch.randn((steps, *first_mean.shape), generator=generator, dtype=first_mean.dtype)
+    action_dtype = params["log_std"].dtype  # the policy's: means and actions come out in it
+    std = _std(params, per_task, action_dtype)
+    # All action noise in one draw: one generator call per batch, not per step.
+    noise = torch.randn((steps, T, E, policy.act_dim), generator=generator, dtype=action_dtype)
     raw_obs_seen, means_seen = [raw_obs], []
     for step in range(steps):
         obs = normalizer(raw_obs)
         with torch.no_grad():
-            mean = first_mean if step == 0 else means(obs.to(dtype))
+            mean = means(obs.to(dtype))
             actions = mean + std * noise[step]
         timestep = env.elapsed.clone() if clock is not None else elapsed
         if track_states:

@@ -109,8 +109,8 @@ class CPOLayerUpdate(MetaOptimizer):
             hgs.append(hg)
             hbs.append(hb)
         margin = constraint_margin(data, ctx.cost_limit).to(gs[0].dtype)
-        episode_costs = torch.stack([d.episode_cost.detach() for d in data])
         if self.overshoot_margin:
+            episode_costs = torch.stack([d.episode_cost.detach() for d in data])
             expected_overshoot = overshoot.update_overshoot(
                 state, episode_costs, self.overshoot_decay
             )
