@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from meta_safe.surrogate import AdvantageConfig
 
+OUTER_STEPS = ("cpo", "trpo")  # outer step on theta_0: constrained (CPO) or cost-blind (TRPO)
+
 
 @dataclass
 class RangeConfig:
@@ -154,6 +156,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value < 0:
             raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
+    outer = merged.meta_optimizer.get("outer_step", "cpo") if merged.meta_optimizer else "cpo"
+    if outer not in OUTER_STEPS:
+        raise ValueError(
+            f"meta_optimizer.outer_step={outer!r} is invalid: valid choices are {list(OUTER_STEPS)}"
+        )
     if merged.env.backend == "torch" and merged.env.robot != "point":
         raise ValueError(
             f"env.robot={merged.env.robot!r} is not available on env.backend='torch': "

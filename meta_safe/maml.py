@@ -12,7 +12,8 @@ One meta-iteration, top to bottom:
    through all K inner steps (``torch.autograd`` on the inner graph);
 6. outer step on ``theta_0``: the CPO step with the Fisher of the *pre-adaptation*
    policy (REFERENCE_NOTES section 8: the convex layer can be differentiated once,
-   so the trust region is taken on the pre-adaptation policy);
+   so the trust region is taken on the pre-adaptation policy), or, for the Meta-TRPO
+   baseline (``outer_step: trpo``), the unconstrained natural-gradient step;
 7. learnable rules: one step of their own optimiser on
    ``-(mean L_R - mu * mean max(0, c + L_C))``.
 """
@@ -111,22 +112,31 @@ def meta_objectives(
     return torch.stack(rewards), torch.stack(costs)
 
 
-def outer_cpo_step(
+OUTER_CASE_UNCONSTRAINED = -1
+"""``case`` reported by the unconstrained (``trpo``) outer step."""
+
+
+def outer_step(
     policy: GaussianPolicy,
     meta_params: Params,
     pre_data: list[PolicyData],
     g: Tensor,
-    b: Tensor,
+    b: Tensor | None,
     margin: Tensor,
     trust_radius: float,
     damping: float,
     cg_iters: int,
     fisher_stride: int = 1,
 ) -> tuple[Params, dict[str, Tensor]]:
-    """CPO step on ``theta_0`` (closed form) with the pre-adaptation Fisher.
+    """Trust-region step on ``theta_0`` with the pre-adaptation Fisher ``H``.
+
+    With ``b`` given: the CPO step (closed form) under the linearised post-adaptation
+    cost constraint ``b^T x + margin <= 0``. With ``b=None``: the unconstrained natural
+    gradient step ``x = sqrt(2 delta / g^T H^-1 g) H^-1 g`` (cost ignored), reported as
+    ``case = OUTER_CASE_UNCONSTRAINED``.
 
     :param g, b: ``[P]`` meta-gradients of the mean reward and cost surrogates.
-    :param margin: ``[]`` mean post-adaptation ``J_C - d`` over tasks.
+    :param margin: ``[]`` mean post-adaptation ``J_C - d`` over tasks (unused when ``b=None``).
     """
     detached = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
     merged = PolicyData(
@@ -139,9 +149,17 @@ def outer_cpo_step(
         episode_cost=torch.stack([d.episode_cost for d in pre_data]).mean(),
         horizon=pre_data[0].horizon,
     )
-    hg, hb = natural_directions(
-        policy, detached, merged, [g, b], damping, cg_iters, False, fisher_stride
-    )
-    step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
+    if b is None:
+        (hg,) = natural_directions(
+            policy, detached, merged, [g], damping, cg_iters, False, fisher_stride
+        )
+        q = (g * hg).sum()
+        step = torch.sqrt(2 * trust_radius / q.clamp_min(1e-12)) * hg
+        info = {"case": torch.tensor(OUTER_CASE_UNCONSTRAINED), "q": q}
+    else:
+        hg, hb = natural_directions(
+            policy, detached, merged, [g, b], damping, cg_iters, False, fisher_stride
+        )
+        step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
     new = unflatten_like(flat_concat(detached).detach() + step.detach(), meta_params)
     return new, {k: v.detach() for k, v in info.items()}

@@ -29,7 +29,7 @@ from meta_safe.data_sources import (
     held_out_errors,
 )
 from meta_safe.envs import make_batched_env, task_distribution
-from meta_safe.maml import adapt, meta_objectives, outer_cpo_step
+from meta_safe.maml import adapt, meta_objectives, outer_step
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, constraint_margin
 from meta_safe.param_utils import flat_concat
 from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
@@ -38,7 +38,7 @@ from meta_safe.surrogate import AdvantageConfig
 from stochastic_circle.tasks import CircleTask
 
 METRICS_FILE = "metrics.csv"
-RULE_META_KEYS = ("name", "learnable_outer_lr")
+RULE_META_KEYS = ("name", "learnable_outer_lr", "outer_step")
 
 
 def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
@@ -156,8 +156,10 @@ class MetaTrainer:
         reward_sur, cost_sur = meta_objectives(self.policy, result.adapted, post)
         margin = constraint_margin(post, cfg.env.cost_limit).to(reward_sur.dtype)
         learnable = self.rule_optimizer is not None
-        g = flat_gradient(reward_sur.mean(), meta, retain_graph=True)
-        b = flat_gradient(cost_sur.mean(), meta, retain_graph=learnable)
+        constrained = cfg.meta_optimizer.get("outer_step", "cpo") == "cpo"
+        g = flat_gradient(reward_sur.mean(), meta, retain_graph=constrained or learnable)
+        # Meta-TRPO's outer step ignores cost: its meta-gradient is never needed.
+        b = flat_gradient(cost_sur.mean(), meta, retain_graph=learnable) if constrained else None
         rule_grad_norm = 0.0
         if learnable:
             penalised = reward_sur - meta_cfg.cost_penalty * torch.relu(margin + cost_sur)
@@ -170,7 +172,7 @@ class MetaTrainer:
             self.rule_optimizer.step()
         meta_gradient_time = time.perf_counter() - start
         start = time.perf_counter()
-        new_params, info = outer_cpo_step(
+        new_params, info = outer_step(
             self.policy,
             meta,
             result.data[0],

@@ -12,6 +12,10 @@ from hydra import compose, initialize_config_dir
 
 from meta_safe.checkpoint import load, save_atomic
 from meta_safe.config import validate
+from meta_safe.maml import OUTER_CASE_UNCONSTRAINED, outer_step
+from meta_safe.param_utils import flat_concat, unflatten_like
+from meta_safe.policy import GaussianPolicy, gaussian_kl
+from meta_safe.surrogate import PolicyData
 from meta_safe.trainer import MetaTrainer, train
 
 CONFIG_DIR = str(Path(REPO_ROOT) / "configs")
@@ -101,6 +105,72 @@ def test_meta_parameters_move_and_metrics_are_finite(tmp_path: Path) -> None:
         assert row[key] == row[key], key  # not NaN
 
 
+def test_meta_trpo_outer_step_ignores_cost(tmp_path: Path) -> None:
+    """Meta-TRPO's outer step is the unconstrained natural-gradient step: the same
+    reward meta-gradient with a violated constraint and a cost meta-gradient along it
+    would make CPO recover; TRPO must step with KL at the trust radius regardless."""
+    cfg = tiny_cfg("meta_optimizer=trpo", "meta.iterations=1")
+    trainer = MetaTrainer(cfg, tmp_path)
+    row = trainer.run_iteration()
+    assert row["outer_case"] == OUTER_CASE_UNCONSTRAINED
+    # KL of the natural step is 0.5 x^T H x = delta up to damping (H + 0.1 I <= ...).
+    assert 0.2 * cfg.meta.outer_trust_radius < row["outer_kl"] < 2 * cfg.meta.outer_trust_radius
+    constrained = MetaTrainer(
+        tiny_cfg("meta_optimizer=trpo", "meta_optimizer.outer_step=cpo", "meta.iterations=1"),
+        tmp_path / "cpo",
+    ).run_iteration()
+    assert constrained["outer_case"] in (0.0, 1.0, 2.0)
+
+
+def explicit_fisher(policy: GaussianPolicy, params: dict, obs: torch.Tensor) -> torch.Tensor:
+    """``[P, P]`` Hessian of the mean KL from the policy at ``params``, at ``params``."""
+    old_mean, old_std = (t.detach() for t in policy.distribution(params, obs))
+
+    def mean_kl(flat: torch.Tensor) -> torch.Tensor:
+        mean, std = policy.distribution(unflatten_like(flat, params), obs)
+        return gaussian_kl(old_mean, old_std, mean, std).mean()
+
+    return torch.autograd.functional.hessian(mean_kl, flat_concat(params))
+
+
+def test_unconstrained_outer_step_is_the_scaled_natural_gradient() -> None:
+    """``outer_step(b=None)``: ``x = sqrt(2 delta / g^T H^-1 g) H^-1 g``, checked with the
+    explicit Fisher of a tiny policy; with ``b`` it is the CPO step (the margin matters)."""
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=3, act_dim=2, hidden=[4]).double()
+    params = policy.init_params()
+    n = 64
+    obs = torch.randn(n, 3, dtype=torch.float64)
+    mean, std = policy.distribution(params, obs)
+    actions = (mean + std * torch.randn_like(mean)).detach()
+    data = PolicyData(
+        obs=obs,
+        actions=actions,
+        log_probs=policy.log_prob(params, obs, actions).detach(),
+        reward_adv=torch.randn(n, dtype=torch.float64),
+        cost_adv=torch.randn(n, dtype=torch.float64),
+        episode_return=torch.tensor(1.0, dtype=torch.float64),
+        episode_cost=torch.tensor(50.0, dtype=torch.float64),
+        horizon=10,
+    )
+    size = flat_concat(params).numel()
+    g = torch.randn(size, dtype=torch.float64)
+    b = torch.randn(size, dtype=torch.float64)
+    delta, damping = 0.01, 0.1
+    new, info = outer_step(policy, params, [data], g, None, torch.tensor(40.0), delta, damping, 200)
+    assert int(info["case"]) == OUTER_CASE_UNCONSTRAINED
+    fisher = explicit_fisher(policy, params, obs) + damping * torch.eye(size, dtype=torch.float64)
+    hg = torch.linalg.solve(fisher, g)
+    expected = torch.sqrt(2 * delta / (g @ hg)) * hg
+    step = flat_concat(new) - flat_concat(params)
+    torch.testing.assert_close(step, expected, rtol=1e-6, atol=1e-9)
+    cpo_new, cpo_info = outer_step(
+        policy, params, [data], g, b, torch.tensor(40.0), delta, damping, 200
+    )
+    assert int(cpo_info["case"]) in (1, 2)
+    assert not torch.allclose(flat_concat(cpo_new), flat_concat(new))
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     save_atomic({"a": 1}, path)
@@ -124,6 +194,10 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
         ("meta.tasks_per_iteration=0", "meta.tasks_per_iteration=0 is invalid: must be > 0"),
         ("env.robot=car", "env.robot='car' is not available on env.backend='torch'"),
         ("+meta.unknown_key=1", "unknown_key"),
+        (
+            "meta_optimizer.outer_step=sgd",
+            "meta_optimizer.outer_step='sgd' is invalid: valid choices are ['cpo', 'trpo']",
+        ),
     ],
 )
 def test_invalid_values_are_clear_errors(override: str, message: str) -> None:
