@@ -163,16 +163,13 @@ def main() -> None:
             )
         else:
             verdict = (
-                f"dyna=none needs {needed:,.0f} for that return "
-                f"({needed / r['real_steps']:.1f}x)"
+                f"dyna=none needs {needed:,.0f} for that return ({needed / r['real_steps']:.1f}x)"
             )
         lines.append(
             f"- dyna={name}: return {r['return']:.2f} with {r['real_steps']:,} real steps per "
             f"update; {verdict}."
         )
-    lines.append(
-        "\nGain from adaptation: return after K steps minus return before adapting."
-    )
+    lines.append("\nGain from adaptation: return after K steps minus return before adapting.")
     lines.append(
         f"\nSeeds {args.seeds}; mean ± standard error across seeds of the per-seed mean over "
         f"held-out tasks. This invocation took {time.perf_counter() - start:.0f} s "

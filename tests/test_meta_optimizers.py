@@ -52,13 +52,22 @@ RULES: dict[str, Callable[[], MetaOptimizer]] = {
     "trpo": lambda: TRPOUpdate(cg_iters=5),
     "cppo_em": lambda: CPPOEMUpdate(cg_iters=5),
     "lagrangian": lambda: LagrangianUpdate(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
-    # Larger step sizes than the defaults so the adaptation visibly moves the policy.
-    "pid": lambda: PIDLagrangianUpdate(k_p=0.5, k_i=0.2, k_d=0.1, eta_reward=0.05, eta_cost=0.05),
-    "lstm": lambda: LSTMUpdate(
-        hidden_size=8, output_scale=0.05, eta_reward=0.05, eta_cost=0.05, eta_lambda=0.5
+    # Larger gains than the defaults so the multiplier visibly moves the policy.
+    "pid": lambda: PIDLagrangianUpdate(k_p=0.5, k_i=0.2, k_d=0.1, lambda_init=1.0, cg_iters=5),
+    "pid_rms": lambda: PIDLagrangianUpdate(
+        k_p=0.5, k_i=0.2, k_d=0.1, eta_reward=0.05, eta_cost=0.05, directions="rms"
+    ),
+    "lstm": lambda: LSTMUpdate(hidden_size=8, output_scale=5.0, eta_lambda=0.5, cg_iters=5),
+    "lstm_rms": lambda: LSTMUpdate(
+        hidden_size=8,
+        output_scale=0.05,
+        eta_reward=0.05,
+        eta_cost=0.05,
+        eta_lambda=0.5,
+        directions="rms",
     ),
 }
-LEARNABLE = ("pid", "lstm")
+LEARNABLE = ("pid", "pid_rms", "lstm", "lstm_rms")
 #: Relative tolerance of the finite-difference checks (the convex layer's conic solver
 #: is accurate to ~1e-8, not to machine precision).
 FD_RTOL = {"cpo_cvxpylayers": 1e-3}
@@ -301,6 +310,8 @@ EXPECTED_STATE = {
     "pid": {"lambda": (NUM_TASKS,), "integral": (NUM_TASKS,), "prev_violation": (NUM_TASKS,)},
     "lstm": {"lambda": (NUM_TASKS,), "h": (NUM_TASKS, 28, 8), "c": (NUM_TASKS, 28, 8)},
 }
+EXPECTED_STATE["pid_rms"] = EXPECTED_STATE["pid"]
+EXPECTED_STATE["lstm_rms"] = EXPECTED_STATE["lstm"]
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -318,7 +329,7 @@ def test_state_and_metric_shapes(name: str) -> None:
             assert torch.isfinite(value).all(), key
     if "lambda" in state:
         assert (state["lambda"] >= 0).all()
-    if name == "lstm":
+    if name.startswith("lstm"):
         assert initial["h"].shape == (NUM_TASKS, 0, 8)
         assert rule.init_state(NUM_TASKS, DTYPE, num_params=28)["h"].shape == (NUM_TASKS, 28, 8)
 
@@ -333,9 +344,27 @@ def test_pid_state_follows_the_controller_equations() -> None:
     integral = (2 * violation).clamp_min(0.0)
     assert torch.allclose(state["integral"], integral)
     assert torch.allclose(state["prev_violation"], violation)
-    lam = (gains["k_p"] * violation + gains["k_i"] * integral).clamp_min(0.0)
+    lam = (rule.lambda_init + gains["k_p"] * violation + gains["k_i"] * integral).clamp_min(0.0)
     assert torch.allclose(metrics[-1]["lambda"], lam)
-    assert metrics[-1]["lambda"][1] == 0.0
+
+
+def test_pid_with_natural_directions_and_no_violation_is_one_trpo_step() -> None:
+    """``eta_R = 1``, ``lambda = 0`` (a safe task): the PID step is exactly TRPO's step of
+    KL ``trust_radius``; a violating task's step is shortened by ``1 / (1 + lambda)``
+    relative to the unnormalised combination."""
+    pid = PIDLagrangianUpdate(eta_reward=1.0, cg_iters=5, fisher_stride=1).to(DTYPE)
+    trpo = TRPOUpdate(cg_iters=5, fisher_stride=1).to(DTYPE)
+    problem = make_problem(pid, episode_costs=(COST_LIMIT + 20.0, 0.0))
+    data = problem.inner_data[0]
+    ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
+    theta0 = {k: v.clone().requires_grad_() for k, v in problem.theta0.items()}
+    pid_params, _, metrics = pid.step(
+        problem.policy, [theta0, theta0], pid.init_state(NUM_TASKS, DTYPE), data, ctx
+    )
+    trpo_params, _, _ = trpo.step(problem.policy, [theta0, theta0], {}, data, ctx)
+    assert metrics["lambda"][1] == 0.0 and metrics["lambda"][0] > 0.0
+    torch.testing.assert_close(flat_concat(pid_params[1]), flat_concat(trpo_params[1]))
+    assert not torch.allclose(flat_concat(pid_params[0]), flat_concat(trpo_params[0]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,6 +419,10 @@ def test_step_signs(name: str) -> None:
         (lambda: LSTMUpdate(eta_lambda=-1.0), "eta_lambda=-1.0"),
         (lambda: LSTMUpdate(preprocess_p=0.0), "preprocess_p=0.0"),
         (lambda: LSTMUpdate(lambda_init=-0.5), "lambda_init=-0.5"),
+        (lambda: PIDLagrangianUpdate(directions="adam"), "directions='adam' is invalid"),
+        (lambda: LSTMUpdate(directions="sgd"), "valid choices are"),
+        (lambda: PIDLagrangianUpdate(trust_radius=0.0), "trust_radius=0.0"),
+        (lambda: LSTMUpdate(fisher_stride=0), "fisher_stride=0"),
     ],
 )
 def test_invalid_constructor_values_raise(factory: Callable[[], MetaOptimizer], match: str) -> None:

@@ -117,6 +117,89 @@ def natural_directions(
     return list(solutions.unbind(0))
 
 
+#: Added under the square root of the RMS: keeps the normalisation smooth (and finite
+#: to differentiate) at a vanishing gradient, where the normalised step then vanishes too.
+RMS_EPS = 1e-12
+
+
+def rms_normalize(v: Tensor, eps: float = RMS_EPS) -> Tensor:
+    """``v / sqrt(mean(v^2) + eps)`` over the last dimension ``[..., P]``.
+
+    RMS rather than the Euclidean norm: each coordinate then moves by about ``eta`` per
+    step whatever ``P`` is (the step-size semantics of Adam), so one learning rate suits
+    policies of different widths, and reward and cost gradients (whose raw scales differ
+    by the horizon and advantage normalisation) enter with equal weight, leaving the
+    trade-off to ``lambda``. The scale is *not* detached: the meta-gradient is exact for
+    the function computed, including the normalisation's dependence on ``theta``.
+    """
+    return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+
+
+#: How the learned rules (pid, lstm) turn the surrogate gradients ``g, b`` into step
+#: directions: ``natural`` (each a natural-gradient step of KL ``trust_radius``),
+#: ``rms`` (each divided by its root-mean-square over coordinates), ``raw`` (unchanged).
+DIRECTIONS = ("natural", "rms", "raw")
+
+
+@dataclass(frozen=True)
+class StepDirections:
+    """The learned rules' step directions ``(g_hat, b_hat)`` from ``(g, b)`` (see
+    :data:`DIRECTIONS`; the trust-region fields are used by ``natural`` only).
+
+    ``natural``: per task, ``v_hat = sqrt(2 delta / v^T H^-1 v) H^-1 v``, the
+    natural-gradient step along ``v`` whose quadratic KL ``0.5 v_hat^T H v_hat`` equals
+    ``delta = trust_radius`` (``H``: the task's Fisher, :func:`natural_directions`), so a
+    unit step size means one TRPO step whatever the policy's size or the gradients'
+    scale. Differentiable (in the graph) when ``create_graph``.
+    """
+
+    kind: str = "natural"
+    trust_radius: float = 0.01
+    damping: float = 0.1
+    cg_iters: int = 10
+    fisher_stride: int = 5
+
+    def __post_init__(self) -> None:
+        if self.kind not in DIRECTIONS:
+            raise ValueError(
+                f"directions={self.kind!r} is invalid: valid choices are {list(DIRECTIONS)}"
+            )
+        if not self.trust_radius > 0:
+            raise ValueError(f"trust_radius={self.trust_radius} is invalid: must be > 0")
+        check_fisher_stride(self.fisher_stride)
+
+    def __call__(
+        self,
+        policy: GaussianPolicy,
+        params: list[Params],
+        data: list[PolicyData],
+        g: Tensor,
+        b: Tensor,
+        create_graph: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """:param g, b: ``[T, P]`` surrogate gradients. :return: ``(g_hat, b_hat)`` ``[T, P]``."""
+        if self.kind == "rms":
+            return rms_normalize(g), rms_normalize(b)
+        if self.kind == "raw":
+            return g, b
+        g_hat, b_hat = [], []
+        delta = self.trust_radius
+        for p, d, g_t, b_t in zip(params, data, g, b, strict=True):
+            hg, hb = natural_directions(
+                policy,
+                p,
+                d,
+                [g_t, b_t],
+                self.damping,
+                self.cg_iters,
+                create_graph,
+                self.fisher_stride,
+            )
+            g_hat.append(torch.sqrt(2 * delta / (g_t * hg).sum().clamp_min(1e-12)) * hg)
+            b_hat.append(torch.sqrt(2 * delta / (b_t * hb).sum().clamp_min(1e-12)) * hb)
+        return torch.stack(g_hat), torch.stack(b_hat)
+
+
 def kl_hessian_matvec(
     policy: GaussianPolicy, params: Params, obs: Tensor, damping: float, create_graph: bool
 ) -> Callable[[Tensor], Tensor]:

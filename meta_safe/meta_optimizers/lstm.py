@@ -16,14 +16,20 @@ hidden state ``h_ti`` two heads produce
 
     dlambda_t = w_l . mean_i h_ti + c_l                          (pooled multiplier head)
     lambda'_t = max(0, lambda_t + eta_lambda v_t + dlambda_t)
-    theta'_ti = theta_ti + eta_R g_hat_ti - lambda'_t eta_C b_hat_ti + s * (w_o . h_ti + c_o)
+    theta'_ti = theta_ti + (eta_R g_hat_ti - lambda'_t eta_C b_hat_ti) / (1 + lambda'_t)
+                         + s * rms_t(g_hat) * (w_o . h_ti + c_o)
 
-``g_hat, b_hat`` are RMS-normalised (:func:`~meta_safe.meta_optimizers.pid.rms_normalize`).
+``g_hat, b_hat`` are the step directions of the PID rule (``directions``,
+:func:`~meta_safe.meta_optimizers.base.step_directions`; by default natural-gradient
+steps of KL ``trust_radius``, so ``eta_R = 1`` is one TRPO step), with the same
+``1 / (1 + lambda)`` normalisation. The learned correction is measured in units of the
+reward direction's RMS over coordinates, ``rms_t(g_hat)``, so ``s`` is relative to a
+trust-region step whatever the policy's size.
 The residual terms (``eta_R``, ``eta_C``, ``eta_lambda``: learnable, positive via
-softplus; ``residual=False`` drops them) make the untrained rule a primal-dual gradient
-step, so the LSTM only has to learn corrections; the heads start with zero bias and
-small weights (``0.1 x`` the default init) and the output scale ``s`` (default 0.01)
-keeps the initial correction small, while every weight still receives a gradient.
+softplus; ``residual=False`` drops them) make the untrained rule a primal-dual
+trust-region step, so the LSTM only has to learn corrections; the heads start with zero
+bias and small weights (``0.1 x`` the default init), which keeps the initial correction
+small, while every weight still receives a gradient.
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
     State,
+    StepDirections,
     add_flat,
     constraint_margin,
     stacked_task_gradients,
 )
-from meta_safe.meta_optimizers.pid import inverse_softplus, rms_normalize
+from meta_safe.meta_optimizers.pid import inverse_softplus
 from meta_safe.policy import GaussianPolicy, Params
 from meta_safe.surrogate import PolicyData
 
@@ -64,14 +71,18 @@ class LSTMUpdate(MetaOptimizer):
     """Learned coordinate-wise LSTM inner step with a learned multiplier update.
 
     :param hidden_size: LSTM hidden units per coordinate.
-    :param output_scale: ``s``, multiplies the per-coordinate head's output (``> 0``).
+    :param output_scale: ``s``, multiplies the per-coordinate head's output, in units of
+        ``rms(g_hat)`` (``> 0``).
     :param residual: add the primal-dual gradient step (else the LSTM alone moves ``theta``
         and ``lambda``).
-    :param eta_reward: initial residual reward step (per-coordinate RMS units, ``> 0``).
+    :param eta_reward: initial residual reward step (in units of ``directions``, ``> 0``).
     :param eta_cost: initial residual cost step (``> 0``).
     :param eta_lambda: initial residual multiplier step per unit of violation (``> 0``).
     :param lambda_init: initial multiplier (``>= 0``).
     :param preprocess_p: ``p`` of the log/sign gradient preprocessing (``> 0``).
+    :param directions: ``natural`` | ``rms`` | ``raw`` step directions (as the PID rule).
+    :param trust_radius: KL of a unit ``natural`` direction. :param damping: Fisher damping.
+    :param cg_iters: CG steps. :param fisher_stride: the Fisher uses every ``k``-th sample.
     """
 
     learnable = True
@@ -86,6 +97,11 @@ class LSTMUpdate(MetaOptimizer):
         eta_lambda: float = 0.05,
         lambda_init: float = 0.0,
         preprocess_p: float = 10.0,
+        directions: str = "natural",
+        trust_radius: float = 0.01,
+        damping: float = 0.1,
+        cg_iters: int = 10,
+        fisher_stride: int = 5,
     ) -> None:
         super().__init__()
         if hidden_size < 1:
@@ -105,6 +121,7 @@ class LSTMUpdate(MetaOptimizer):
         self.hidden_size, self.output_scale = int(hidden_size), float(output_scale)
         self.residual, self.lambda_init = bool(residual), float(lambda_init)
         self.preprocess_p = float(preprocess_p)
+        self.directions = StepDirections(directions, trust_radius, damping, cg_iters, fisher_stride)
         self.cell = nn.LSTMCell(NUM_FEATURES, self.hidden_size)
         self.update_head = nn.Linear(self.hidden_size, 1)
         self.multiplier_head = nn.Linear(self.hidden_size, 1)
@@ -176,7 +193,9 @@ class LSTMUpdate(MetaOptimizer):
         )
         h = h_flat.reshape(num_tasks, num_params, self.hidden_size)
         c = c_flat.reshape(num_tasks, num_params, self.hidden_size)
-        correction = self.output_scale * self.update_head(h).squeeze(-1).to(dtype)  # [T, P]
+        g_hat, b_hat = self.directions(policy, params, data, g, b, ctx.create_graph)
+        unit = g_hat.pow(2).mean(-1, keepdim=True).sqrt()  # [T, 1]: rms of the reward direction
+        correction = self.output_scale * unit * self.update_head(h).squeeze(-1).to(dtype)
         dlam = self.multiplier_head(h.mean(1)).squeeze(-1).to(dtype)  # [T]
 
         if self.residual:
@@ -184,11 +203,9 @@ class LSTMUpdate(MetaOptimizer):
             eta_cost = F.softplus(self.raw_eta_cost).to(dtype)
             eta_lambda = F.softplus(self.raw_eta_lambda).to(dtype)
             new_lam = (lam + eta_lambda * violation + dlam).clamp_min(0.0)
-            steps = (
-                eta_reward * rms_normalize(g)
-                - (new_lam * eta_cost).unsqueeze(-1) * rms_normalize(b)
-                + correction
-            )
+            steps = (eta_reward * g_hat - (new_lam * eta_cost).unsqueeze(-1) * b_hat) / (
+                1.0 + new_lam
+            ).unsqueeze(-1) + correction
         else:
             new_lam = (lam + dlam).clamp_min(0.0)
             steps = correction

@@ -6,12 +6,19 @@ form of Stooke et al., section 4, not a velocity form that integrates ``lambda``
 
     I      <- max(I + v, 0)                                    (integral, anti-windup)
     lambda  = max(lambda_init + K_P v + K_I I + K_D (v - v_prev), 0)
-    theta'  = theta + eta_R g_hat - lambda eta_C b_hat
+    theta'  = theta + (eta_R g_hat - lambda eta_C b_hat) / (1 + lambda)
 
-``g_hat, b_hat`` are the reward and cost surrogate gradients, each divided by its own
-root-mean-square over coordinates (see :func:`rms_normalize`). ``K_P, K_I, K_D, eta_R,
-eta_C`` are meta-parameters (``softplus`` of unconstrained ``nn.Parameter`` s, so they
-stay positive while the outer optimiser moves them freely).
+``g_hat, b_hat`` are step directions made from the reward and cost surrogate gradients
+(``directions``, :func:`~meta_safe.meta_optimizers.base.step_directions`): by default
+each is the natural-gradient step of KL ``trust_radius`` along its gradient, so
+``eta_R = 1`` with ``lambda = 0`` is one TRPO step, and the step sizes are learned in
+units of trust-region steps (``rms``: each gradient divided by its RMS over
+coordinates, a step size per coordinate; ``raw``: the gradients themselves). The
+``1 / (1 + lambda)`` normalisation is Stooke et al.'s (their objective is
+``(L_R - lambda L_C) / (1 + lambda)``): a large multiplier turns the step towards the
+cost direction without multiplying its length. ``K_P, K_I, K_D, eta_R, eta_C`` are
+meta-parameters (``softplus`` of unconstrained ``nn.Parameter`` s, so they stay positive
+while the outer optimiser moves them freely).
 
 Differences from Stooke et al. worth knowing: the integral is kept in violation units and
 multiplied by ``K_I`` when read (equal to their ``I <- (I + K_I v)_+`` for a fixed
@@ -34,29 +41,16 @@ from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
     State,
+    StepDirections,
     add_flat,
     constraint_margin,
+    rms_normalize,
     stacked_task_gradients,
 )
+
+__all__ = ["PIDLagrangianUpdate", "inverse_softplus", "rms_normalize"]
 from meta_safe.policy import GaussianPolicy, Params
 from meta_safe.surrogate import PolicyData
-
-#: Added under the square root of the RMS: keeps the normalisation smooth (and finite
-#: to differentiate) at a vanishing gradient, where the normalised step then vanishes too.
-RMS_EPS = 1e-12
-
-
-def rms_normalize(v: Tensor, eps: float = RMS_EPS) -> Tensor:
-    """``v / sqrt(mean(v^2) + eps)`` over the last dimension ``[..., P]``.
-
-    RMS rather than the Euclidean norm: each coordinate then moves by about ``eta`` per
-    step whatever ``P`` is (the step-size semantics of Adam), so one learning rate suits
-    policies of different widths, and reward and cost gradients (whose raw scales differ
-    by the horizon and advantage normalisation) enter with equal weight, leaving the
-    trade-off to ``lambda``. The scale is *not* detached: the meta-gradient is exact for
-    the function computed, including the normalisation's dependence on ``theta``.
-    """
-    return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def inverse_softplus(x: float) -> float:
@@ -70,10 +64,12 @@ class PIDLagrangianUpdate(MetaOptimizer):
     :param k_p: initial proportional gain ``K_P > 0`` (multiplier per unit of violation).
     :param k_i: initial integral gain ``K_I > 0``.
     :param k_d: initial derivative gain ``K_D > 0``.
-    :param eta_reward: initial reward step size ``eta_R > 0`` (per-coordinate RMS units).
-    :param eta_cost: initial cost step size ``eta_C > 0`` (per-coordinate RMS units).
+    :param eta_reward: initial reward step size ``eta_R > 0`` (in units of ``directions``).
+    :param eta_cost: initial cost step size ``eta_C > 0``.
     :param lambda_init: multiplier offset ``>= 0`` (initial value of the integral term).
-    :param normalize: divide ``g`` and ``b`` by their RMS (False: raw surrogate gradients).
+    :param directions: ``natural`` | ``rms`` | ``raw`` (see the module docstring).
+    :param trust_radius: KL of a unit ``natural`` direction. :param damping: Fisher damping.
+    :param cg_iters: CG steps. :param fisher_stride: the Fisher uses every ``k``-th sample.
     """
 
     learnable = True
@@ -86,7 +82,11 @@ class PIDLagrangianUpdate(MetaOptimizer):
         eta_reward: float = 0.01,
         eta_cost: float = 0.01,
         lambda_init: float = 0.0,
-        normalize: bool = True,
+        directions: str = "natural",
+        trust_radius: float = 0.01,
+        damping: float = 0.1,
+        cg_iters: int = 10,
+        fisher_stride: int = 5,
     ) -> None:
         super().__init__()
         gains = {"k_p": k_p, "k_i": k_i, "k_d": k_d, "eta_reward": eta_reward, "eta_cost": eta_cost}
@@ -95,6 +95,7 @@ class PIDLagrangianUpdate(MetaOptimizer):
                 raise ValueError(f"{name}={value} is invalid: must be finite and > 0")
         if not (math.isfinite(lambda_init) and lambda_init >= 0):
             raise ValueError(f"lambda_init={lambda_init} is invalid: must be finite and >= 0")
+        self.directions = StepDirections(directions, trust_radius, damping, cg_iters, fisher_stride)
         # softplus(raw) = value: gradient steps on raw can never make a gain negative.
         self.raw_k_p = nn.Parameter(torch.tensor(inverse_softplus(k_p)))
         self.raw_k_i = nn.Parameter(torch.tensor(inverse_softplus(k_i)))
@@ -102,7 +103,6 @@ class PIDLagrangianUpdate(MetaOptimizer):
         self.raw_eta_reward = nn.Parameter(torch.tensor(inverse_softplus(eta_reward)))
         self.raw_eta_cost = nn.Parameter(torch.tensor(inverse_softplus(eta_cost)))
         self.lambda_init = float(lambda_init)
-        self.normalize = bool(normalize)
 
     def gains(self) -> dict[str, Tensor]:
         """Current positive gains and step sizes (scalars, differentiable)."""
@@ -144,9 +144,10 @@ class PIDLagrangianUpdate(MetaOptimizer):
             + gains["k_i"] * integral
             + gains["k_d"] * derivative
         ).clamp_min(0.0)
-        if self.normalize:
-            g, b = rms_normalize(g), rms_normalize(b)
-        steps = gains["eta_reward"] * g - (lam * gains["eta_cost"]).unsqueeze(-1) * b
+        g_hat, b_hat = self.directions(policy, params, data, g, b, ctx.create_graph)
+        steps = (gains["eta_reward"] * g_hat - (lam * gains["eta_cost"]).unsqueeze(-1) * b_hat) / (
+            1.0 + lam
+        ).unsqueeze(-1)
         new_params = [add_flat(p, s) for p, s in zip(params, steps, strict=True)]
         new_state = {"lambda": lam, "integral": integral, "prev_violation": violation}
         metrics = {
