@@ -68,6 +68,22 @@ def flat_gradient(objective: torch.Tensor, params: Params, retain_graph: bool) -
     return flat_concat(dict(zip(params, filled, strict=True)))
 
 
+def check_finite(params: Params, outer_kl: float, rule: MetaOptimizer, iteration: int) -> None:
+    """Stop with a clear error before a diverged meta-iteration reaches a checkpoint.
+
+    :raises FloatingPointError: the new meta-parameters, the rule's parameters or the
+        outer step's KL are not finite.
+    """
+    bad = [name for name, value in params.items() if not torch.isfinite(value).all()]
+    bad += [f"rule.{n}" for n, v in rule.named_parameters() if not torch.isfinite(v).all()]
+    if bad or not math.isfinite(outer_kl):
+        raise FloatingPointError(
+            f"meta-iteration {iteration} diverged: outer_kl={outer_kl}, non-finite: "
+            f"{bad or 'none'}. The checkpoint of the previous iteration is intact; lower "
+            "meta.outer_trust_radius or meta_optimizer.learnable_outer_lr and resume."
+        )
+
+
 def probe_obs_dim(env_cfg: DictConfig) -> int:
     """Observation size of the configured robot/backend."""
     task = task_distribution(env_cfg, "fixed").sample(1, seed=0)
@@ -189,6 +205,7 @@ class MetaTrainer:
             old_mean, old_std = self.policy.distribution(self.meta_params, obs)
             new_mean, new_std = self.policy.distribution(new_params, obs)
             outer_kl = float(gaussian_kl(old_mean, old_std, new_mean, new_std).mean())
+        check_finite(new_params, outer_kl, self.rule, i + 1)
         self.meta_params = new_params
         self.normalizer.frozen = False
         for batch in result.batches:

@@ -171,6 +171,29 @@ def test_unconstrained_outer_step_is_the_scaled_natural_gradient() -> None:
     assert not torch.allclose(flat_concat(cpo_new), flat_concat(new))
 
 
+def test_diverged_iteration_stops_before_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-finite outer step raises a clear error and leaves the last checkpoint as it was."""
+    import meta_safe.trainer as trainer_module
+
+    train(tiny_cfg("meta_optimizer=lagrangian", "meta.iterations=1"), tmp_path)
+    before = load(tmp_path)
+    real_outer_step = trainer_module.outer_step
+
+    def diverging_outer_step(*args, **kwargs):
+        new, info = real_outer_step(*args, **kwargs)
+        return {k: torch.full_like(v, float("nan")) for k, v in new.items()}, info
+
+    monkeypatch.setattr(trainer_module, "outer_step", diverging_outer_step)
+    with pytest.raises(FloatingPointError, match="meta-iteration 2 diverged"):
+        train(tiny_cfg("meta_optimizer=lagrangian", "meta.iterations=2", "resume=true"), tmp_path)
+    after = load(tmp_path)
+    assert after["iteration"] == before["iteration"] == 1
+    for key, value in before["meta_params"].items():
+        assert torch.equal(value, after["meta_params"][key])
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pt"
     save_atomic({"a": 1}, path)
