@@ -61,7 +61,7 @@ class MetaConfig:
     outer_damping: float = 0.1  # Fisher damping of the outer step
     outer_cg_iters: int = 10  # conjugate-gradient iterations of the outer step
     outer_fisher_stride: int = 5  # the outer Fisher is averaged over every k-th sample
-    cost_penalty: float = 1.0  # mu in J_R - mu * max(0, J_C - d) for learnable rules
+    cost_penalty: float = 1.0  # mu in J_R - mu * max(0, J_C - d) (per episode) for learnable rules
 
 
 @dataclass

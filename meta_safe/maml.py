@@ -15,7 +15,8 @@ One meta-iteration, top to bottom:
    so the trust region is taken on the pre-adaptation policy), or, for the Meta-TRPO
    baseline (``outer_step: trpo``), the unconstrained natural-gradient step;
 7. learnable rules: one step of their own optimiser on
-   ``-(mean L_R - mu * mean max(0, c + L_C))``.
+   ``-(mean s L_R - mu * mean max(0, c + L_C))``, with ``s = PolicyData.reward_scale``
+   putting the normalised reward surrogate in per-episode units like ``L_C``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ class PolicyData:
     :ivar episode_return, episode_cost: ``[]`` mean undiscounted per-episode return / cost.
     :ivar horizon: episode length; ``horizon * mean(ratio * cost_adv)`` approximates the
         change in per-episode cost (performance-difference lemma, Achiam et al. 2017, eq. 2).
+    :ivar reward_scale: ``[]`` ``horizon * std`` of the raw reward advantages, so
+        ``reward_scale * mean(ratio * reward_adv)`` approximates the change in per-episode
+        return: the reward surrogate in the cost surrogate's (episode) units.
     """
 
     obs: Tensor
@@ -39,6 +42,7 @@ class PolicyData:
     episode_return: Tensor
     episode_cost: Tensor
     horizon: int
+    reward_scale: Tensor | float = 1.0
 
 
 @dataclass
@@ -102,16 +106,18 @@ def policy_data(batch: Batch, adv_r: Tensor, adv_c: Tensor, horizon: int) -> lis
     for t in range(batch.obs.shape[0]):
         reward_adv = adv_r[t].reshape(-1)
         cost_adv = adv_c[t].reshape(-1)
+        reward_std = reward_adv.std()
         tasks.append(
             PolicyData(
                 obs=batch.obs[t].reshape(-1, batch.obs.shape[-1]),
                 actions=batch.actions[t].reshape(-1, batch.actions.shape[-1]),
                 log_probs=batch.log_probs[t].reshape(-1),
-                reward_adv=(reward_adv - reward_adv.mean()) / (reward_adv.std() + 1e-8),
+                reward_adv=(reward_adv - reward_adv.mean()) / (reward_std + 1e-8),
                 cost_adv=cost_adv - cost_adv.mean(),
                 episode_return=batch.episode_return[t],
                 episode_cost=batch.episode_cost[t],
                 horizon=horizon,
+                reward_scale=horizon * reward_std,
             )
         )
     return tasks

@@ -178,7 +178,10 @@ class MetaTrainer:
         b = flat_gradient(cost_sur.mean(), meta, retain_graph=learnable) if constrained else None
         rule_grad_norm = 0.0
         if learnable:
-            penalised = reward_sur - meta_cfg.cost_penalty * torch.relu(margin + cost_sur)
+            # J_R - mu max(0, J_C - d), both terms in per-episode units (the normalised
+            # reward surrogate rescaled by horizon x advantage std).
+            scale = torch.stack([torch.as_tensor(d.reward_scale) for d in post]).to(reward_sur)
+            penalised = scale * reward_sur - meta_cfg.cost_penalty * torch.relu(margin + cost_sur)
             self.rule_optimizer.zero_grad()
             rule_params = [p for p in self.rule.parameters() if p.requires_grad]
             grads = torch.autograd.grad(-penalised.mean(), rule_params, allow_unused=True)

@@ -7,6 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meta_safe.advantages import discounted_episode_cost, gae
+from meta_safe.policy import GaussianPolicy, ObsNormalizer
+from meta_safe.rollout import collect, stack_params
+from meta_safe.surrogate import AdvantageConfig, advantages, prepare
+from stochastic_circle.tasks import CircleTask
+from stochastic_circle.torch_backend import BatchedCircleEnv
 
 
 def reference_gae(r, v, nv, term, trunc, gamma, lam):
@@ -82,3 +87,27 @@ def test_invalid_discount_is_rejected() -> None:
     b = torch.zeros(3, dtype=torch.bool)
     with pytest.raises(ValueError, match="gamma=1.5"):
         gae(x, x, x, b, b, 1.5, 0.9)
+
+
+def test_reward_scale_puts_the_reward_surrogate_in_episode_units() -> None:
+    """``reward_scale * reward_adv`` is ``horizon`` times the centred raw reward advantages,
+    the same units as the cost surrogate (``horizon * centred cost advantages``)."""
+    tasks = [CircleTask(radius=1.2, wall_distance=0.8), CircleTask(radius=1.4, wall_distance=0.9)]
+    env = BatchedCircleEnv(tasks, num_envs=3, seed=0, fast=False)
+    policy = GaussianPolicy(obs_dim=env.obs_dim, act_dim=2, hidden=[8])
+    params = stack_params([policy.init_params()] * len(tasks))
+    batch = collect(
+        env,
+        policy,
+        params,
+        ObsNormalizer(env.obs_dim),
+        steps=20,
+        generator=torch.Generator().manual_seed(0),
+        per_task=True,
+    )
+    raw_reward, _ = advantages(batch, AdvantageConfig(), horizon=500)
+    for t, task in enumerate(prepare(batch, AdvantageConfig(), horizon=500)):
+        centred = raw_reward[t].reshape(-1) - raw_reward[t].mean()
+        torch.testing.assert_close(
+            task.reward_scale * task.reward_adv, 500 * centred, rtol=1e-4, atol=1e-6
+        )
