@@ -20,7 +20,7 @@ hidden state ``h_ti`` two heads produce
                          + s * rms_t(g_hat) * (w_o . h_ti + c_o)
 
 ``g_hat, b_hat`` are the step directions of the PID rule (``directions``,
-:func:`~meta_safe.meta_optimizers.base.step_directions`; by default natural-gradient
+:class:`~meta_safe.meta_optimizers.base.StepDirections`; by default natural-gradient
 steps of KL ``trust_radius``, so ``eta_R = 1`` is one TRPO step), with the same
 ``1 / (1 + lambda)`` normalisation. The learned correction is measured in units of the
 reward direction's RMS over coordinates, ``rms_t(g_hat)``, so ``s`` is relative to a
@@ -90,10 +90,10 @@ class LSTMUpdate(MetaOptimizer):
     def __init__(
         self,
         hidden_size: int = 16,
-        output_scale: float = 0.01,
+        output_scale: float = 1.0,
         residual: bool = True,
-        eta_reward: float = 0.01,
-        eta_cost: float = 0.01,
+        eta_reward: float = 1.0,
+        eta_cost: float = 1.0,
         eta_lambda: float = 0.05,
         lambda_init: float = 0.0,
         preprocess_p: float = 10.0,

@@ -9,7 +9,7 @@ form of Stooke et al., section 4, not a velocity form that integrates ``lambda``
     theta'  = theta + (eta_R g_hat - lambda eta_C b_hat) / (1 + lambda)
 
 ``g_hat, b_hat`` are step directions made from the reward and cost surrogate gradients
-(``directions``, :func:`~meta_safe.meta_optimizers.base.step_directions`): by default
+(``directions``, :class:`~meta_safe.meta_optimizers.base.StepDirections`): by default
 each is the natural-gradient step of KL ``trust_radius`` along its gradient, so
 ``eta_R = 1`` with ``lambda = 0`` is one TRPO step, and the step sizes are learned in
 units of trust-region steps (``rms``: each gradient divided by its RMS over
@@ -47,10 +47,10 @@ from meta_safe.meta_optimizers.base import (
     rms_normalize,
     stacked_task_gradients,
 )
-
-__all__ = ["PIDLagrangianUpdate", "inverse_softplus", "rms_normalize"]
 from meta_safe.policy import GaussianPolicy, Params
 from meta_safe.surrogate import PolicyData
+
+__all__ = ["PIDLagrangianUpdate", "inverse_softplus", "rms_normalize"]
 
 
 def inverse_softplus(x: float) -> float:
@@ -79,8 +79,8 @@ class PIDLagrangianUpdate(MetaOptimizer):
         k_p: float = 0.1,
         k_i: float = 0.01,
         k_d: float = 0.01,
-        eta_reward: float = 0.01,
-        eta_cost: float = 0.01,
+        eta_reward: float = 1.0,
+        eta_cost: float = 1.0,
         lambda_init: float = 0.0,
         directions: str = "natural",
         trust_radius: float = 0.01,
