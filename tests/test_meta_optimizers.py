@@ -18,7 +18,12 @@ import torch
 from torch import Tensor
 
 from meta_safe.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
-from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, task_gradients
+from meta_safe.meta_optimizers.base import (
+    InnerContext,
+    MetaOptimizer,
+    stacked_task_gradients,
+    task_gradients,
+)
 from meta_safe.meta_optimizers.cpo_layer import CPOLayerUpdate
 from meta_safe.meta_optimizers.cppo_em import CPPOEMUpdate
 from meta_safe.meta_optimizers.lagrangian import LagrangianUpdate
@@ -350,8 +355,8 @@ def test_pid_state_follows_the_controller_equations() -> None:
 
 def test_pid_with_natural_directions_and_no_violation_is_one_trpo_step() -> None:
     """``eta_R = 1``, ``lambda = 0`` (a safe task): the PID step is exactly TRPO's step of
-    KL ``trust_radius``; a violating task's step is shortened by ``1 / (1 + lambda)``
-    relative to the unnormalised combination."""
+    KL ``trust_radius``; a violating task's step is ``(TRPO step - lambda eta_C b_hat) /
+    (1 + lambda)``."""
     pid = PIDLagrangianUpdate(eta_reward=1.0, cg_iters=5, fisher_stride=1).to(DTYPE)
     trpo = TRPOUpdate(cg_iters=5, fisher_stride=1).to(DTYPE)
     problem = make_problem(pid, episode_costs=(COST_LIMIT + 20.0, 0.0))
@@ -362,9 +367,15 @@ def test_pid_with_natural_directions_and_no_violation_is_one_trpo_step() -> None
         problem.policy, [theta0, theta0], pid.init_state(NUM_TASKS, DTYPE), data, ctx
     )
     trpo_params, _, _ = trpo.step(problem.policy, [theta0, theta0], {}, data, ctx)
-    assert metrics["lambda"][1] == 0.0 and metrics["lambda"][0] > 0.0
+    lam = metrics["lambda"]
+    assert lam[1] == 0.0 and lam[0] > 0.0
     torch.testing.assert_close(flat_concat(pid_params[1]), flat_concat(trpo_params[1]))
-    assert not torch.allclose(flat_concat(pid_params[0]), flat_concat(trpo_params[0]))
+    g, b = stacked_task_gradients(problem.policy, [theta0, theta0], data, create_graph=False)
+    _, b_hat = pid.directions(problem.policy, [theta0, theta0], data, g, b, create_graph=False)
+    trpo_step = flat_concat(trpo_params[0]) - flat_concat(theta0)
+    eta_cost = pid.gains()["eta_cost"].detach()
+    expected = (trpo_step - lam[0] * eta_cost * b_hat[0]) / (1 + lam[0])
+    torch.testing.assert_close(flat_concat(pid_params[0]) - flat_concat(theta0), expected)
 
 
 # ---------------------------------------------------------------------------------------
