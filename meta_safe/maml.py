@@ -30,7 +30,12 @@ from torch import Tensor
 
 from meta_safe.cpo_step import cpo_step
 from meta_safe.data_sources import InnerDataSource
-from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, natural_directions
+from meta_safe.meta_optimizers.base import (
+    InnerContext,
+    MetaOptimizer,
+    natural_directions,
+    trust_region_scale,
+)
 from meta_safe.param_utils import flat_concat, unflatten_like
 from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rollout import Batch, stack_params
@@ -154,9 +159,8 @@ def outer_step(
         (hg,) = natural_directions(
             policy, detached, merged, [g], damping, cg_iters, False, fisher_stride
         )
-        q = (g * hg).sum()
-        step = torch.sqrt(2 * trust_radius / q.clamp_min(1e-12)) * hg
-        info = {"case": torch.tensor(OUTER_CASE_UNCONSTRAINED), "q": q}
+        step = trust_region_scale(g, hg, trust_radius) * hg
+        info = {"case": torch.tensor(OUTER_CASE_UNCONSTRAINED), "q": (g * hg).sum()}
     else:
         hg, hb = natural_directions(
             policy, detached, merged, [g, b], damping, cg_iters, False, fisher_stride

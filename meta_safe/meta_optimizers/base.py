@@ -117,6 +117,29 @@ def natural_directions(
     return list(solutions.unbind(0))
 
 
+def trust_region_scale(v: Tensor, h_inv_v: Tensor, trust_radius: float | Tensor) -> Tensor:
+    """``sqrt(2 delta / v^T H^-1 v)`` over the last dimension: the factor that makes
+    ``H^-1 v`` a step of quadratic KL ``0.5 x^T H x = delta`` (Schulman et al. 2015,
+    appendix C). ``v, h_inv_v`` ``[..., P]`` -> ``[...]``."""
+    return torch.sqrt(2 * trust_radius / (v * h_inv_v).sum(-1).clamp_min(1e-12))
+
+
+def primal_dual_direction(
+    g: Tensor,
+    b: Tensor,
+    lam: Tensor,
+    eta_reward: Tensor | float = 1.0,
+    eta_cost: Tensor | float = 1.0,
+) -> Tensor:
+    """``(eta_R g - lambda eta_C b) / (1 + lambda)`` (Stooke et al.'s normalisation: a large
+    multiplier turns the step towards the cost direction without lengthening it).
+
+    :param g, b: ``[..., P]``. :param lam: ``[...]`` multipliers (``>= 0``).
+    """
+    lam = lam.unsqueeze(-1)
+    return (eta_reward * g - lam * eta_cost * b) / (1.0 + lam)
+
+
 #: Added under the square root of the RMS: keeps the normalisation smooth (and finite
 #: to differentiate) at a vanishing gradient, where the normalised step then vanishes too.
 RMS_EPS = 1e-12
@@ -195,8 +218,8 @@ class StepDirections:
                 create_graph,
                 self.fisher_stride,
             )
-            g_hat.append(torch.sqrt(2 * delta / (g_t * hg).sum().clamp_min(1e-12)) * hg)
-            b_hat.append(torch.sqrt(2 * delta / (b_t * hb).sum().clamp_min(1e-12)) * hb)
+            g_hat.append(trust_region_scale(g_t, hg, delta) * hg)
+            b_hat.append(trust_region_scale(b_t, hb, delta) * hb)
         return torch.stack(g_hat), torch.stack(b_hat)
 
 

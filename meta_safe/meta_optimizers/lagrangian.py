@@ -30,7 +30,9 @@ from meta_safe.meta_optimizers.base import (
     check_fisher_stride,
     constraint_margin,
     natural_directions,
+    primal_dual_direction,
     task_gradients,
+    trust_region_scale,
 )
 from meta_safe.policy import GaussianPolicy, Params
 from meta_safe.surrogate import PolicyData
@@ -86,7 +88,7 @@ class LagrangianUpdate(MetaOptimizer):
         new_params, scales = [], []
         for p, d, lam_t in zip(params, data, lam, strict=True):
             g, b = task_gradients(policy, p, d, ctx.create_graph)
-            direction = (g - lam_t * b) / (1.0 + lam_t)
+            direction = primal_dual_direction(g, b, lam_t)
             (h_direction,) = natural_directions(
                 policy,
                 p,
@@ -97,8 +99,7 @@ class LagrangianUpdate(MetaOptimizer):
                 ctx.create_graph,
                 self.fisher_stride,
             )
-            curvature = (direction * h_direction).sum().clamp_min(1e-12)
-            scale = torch.sqrt(2 * self.trust_radius / curvature)
+            scale = trust_region_scale(direction, h_direction, self.trust_radius)
             new_params.append(add_flat(p, scale * h_direction))
             scales.append(scale.detach())
         metrics = {"lambda": lam, "violation": violation, "step_scale": torch.stack(scales)}

@@ -47,6 +47,7 @@ from meta_safe.meta_optimizers.base import (
     StepDirections,
     add_flat,
     constraint_margin,
+    primal_dual_direction,
     stacked_task_gradients,
 )
 from meta_safe.meta_optimizers.pid import inverse_softplus
@@ -203,9 +204,7 @@ class LSTMUpdate(MetaOptimizer):
             eta_cost = F.softplus(self.raw_eta_cost).to(dtype)
             eta_lambda = F.softplus(self.raw_eta_lambda).to(dtype)
             new_lam = (lam + eta_lambda * violation + dlam).clamp_min(0.0)
-            steps = (eta_reward * g_hat - (new_lam * eta_cost).unsqueeze(-1) * b_hat) / (
-                1.0 + new_lam
-            ).unsqueeze(-1) + correction
+            steps = primal_dual_direction(g_hat, b_hat, new_lam, eta_reward, eta_cost) + correction
         else:
             new_lam = (lam + dlam).clamp_min(0.0)
             steps = correction

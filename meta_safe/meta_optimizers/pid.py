@@ -44,6 +44,7 @@ from meta_safe.meta_optimizers.base import (
     StepDirections,
     add_flat,
     constraint_margin,
+    primal_dual_direction,
     rms_normalize,
     stacked_task_gradients,
 )
@@ -145,9 +146,7 @@ class PIDLagrangianUpdate(MetaOptimizer):
             + gains["k_d"] * derivative
         ).clamp_min(0.0)
         g_hat, b_hat = self.directions(policy, params, data, g, b, ctx.create_graph)
-        steps = (gains["eta_reward"] * g_hat - (lam * gains["eta_cost"]).unsqueeze(-1) * b_hat) / (
-            1.0 + lam
-        ).unsqueeze(-1)
+        steps = primal_dual_direction(g_hat, b_hat, lam, gains["eta_reward"], gains["eta_cost"])
         new_params = [add_flat(p, s) for p, s in zip(params, steps, strict=True)]
         new_state = {"lambda": lam, "integral": integral, "prev_violation": violation}
         metrics = {

@@ -16,6 +16,7 @@ from meta_safe.meta_optimizers.base import (
     check_fisher_stride,
     natural_directions,
     task_gradients,
+    trust_region_scale,
 )
 from meta_safe.policy import GaussianPolicy, Params
 from meta_safe.surrogate import PolicyData
@@ -52,7 +53,7 @@ class TRPOUpdate(MetaOptimizer):
             (hg,) = natural_directions(
                 policy, p, d, [g], self.damping, self.cg_iters, ctx.create_graph, self.fisher_stride
             )
-            scale = torch.sqrt(2 * self.trust_radius / (g * hg).sum().clamp_min(1e-12))
+            scale = trust_region_scale(g, hg, self.trust_radius)
             new_params.append(add_flat(p, scale * hg))
             scales.append(scale.detach())
         return new_params, state, {"step_scale": torch.stack(scales)}
