@@ -1,7 +1,7 @@
 """Aggregate a results directory of ``run_variants.py`` into a table and figures.
 
 Reads ``<dir>/<variant>/seed*/<stem>.json`` (adaptation reports written by
-``meta_safe.meta_trainer`` / ``meta_safe.evaluate`` / ``scratch_baseline.py``) and
+``meta_safe.cli.train`` / ``meta_safe.cli.evaluate`` / ``scratch_baseline.py``) and
 writes ``<dir>/<stem>_table.md``, ``<stem>_curves.png`` (adaptation curves) and
 ``<stem>_scatter.png`` (return versus cost after adaptation, limit drawn)::
 

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from meta_safe.cpo_step import CASE_ACTIVE, cpo_step
+from meta_safe.optim.cpo_step import CASE_ACTIVE, cpo_step
 
 
 def make_active_batch(tasks: int, params: int, delta: float, seed: int = 0):

@@ -2,7 +2,7 @@
 initialisation, with the same number of updates and real steps as adaptation.
 
 For every held-out task of the evaluation config (same tasks, same seeds as
-``meta_safe.evaluate``) it runs K = ``evaluation.inner_steps`` updates of the chosen
+``meta_safe.cli.evaluate``) it runs K = ``evaluation.inner_steps`` updates of the chosen
 rule (default CPO), each on ``evaluation.envs_per_task x evaluation.steps_per_env``
 fresh steps, and writes an adaptation report in the format of the meta-trained runs
 to ``<out>/seed<k>/evaluation.json``, so ``experiments/aggregate.py`` tabulates it next
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from meta_safe.cli.evaluate import held_out_tasks
 from meta_safe.config import validate
-from meta_safe.evaluate import held_out_tasks
 from meta_safe.evaluation import AdaptationReport
-from meta_safe.policy import GaussianPolicy
+from meta_safe.rl.policy import GaussianPolicy
+from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.single_task import train_single_task
-from meta_safe.surrogate import AdvantageConfig
 from meta_safe.trainer import build_rule, probe_obs_dim
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")

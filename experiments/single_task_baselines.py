@@ -21,10 +21,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from meta_safe.config import validate
-from meta_safe.envs import task_distribution
-from meta_safe.policy import GaussianPolicy
+from meta_safe.env_factory import task_distribution
+from meta_safe.rl.policy import GaussianPolicy
+from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.single_task import train_single_task
-from meta_safe.surrogate import AdvantageConfig
 from meta_safe.trainer import build_rule, probe_obs_dim
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")

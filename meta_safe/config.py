@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from meta_safe.surrogate import AdvantageConfig
+from meta_safe.rl.surrogate import AdvantageConfig
 
 OUTER_STEPS = ("cpo", "trpo")  # outer step on theta_0: constrained (CPO) or cost-blind (TRPO)
 

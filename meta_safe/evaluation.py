@@ -15,18 +15,18 @@ from typing import Any
 
 import torch
 
-from meta_safe.data_sources import (
+from meta_safe.data_source import (
     DynaRollouts,
     DynaSettings,
     DynaState,
     InnerDataSource,
     RealRollouts,
 )
-from meta_safe.envs import make_batched_env
+from meta_safe.env_factory import make_batched_env
 from meta_safe.maml import adapt
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.surrogate import AdvantageConfig
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rl.surrogate import AdvantageConfig
 from stochastic_circle.tasks import CircleTask
 
 

@@ -28,18 +28,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from meta_safe.cpo_step import cpo_step
-from meta_safe.data_sources import InnerDataSource
+from meta_safe.data_source import InnerDataSource
 from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
     natural_directions,
     trust_region_scale,
 )
-from meta_safe.param_utils import flat_concat, unflatten_like
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rollout import Batch, stack_params
-from meta_safe.surrogate import PolicyData, surrogates
+from meta_safe.optim.cpo_step import cpo_step
+from meta_safe.optim.flat_params import flat_concat, unflatten_like
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rl.rollout import Batch, stack_params
+from meta_safe.rl.surrogate import PolicyData, surrogates
 
 
 @dataclass
@@ -77,7 +77,7 @@ def adapt(
 ) -> AdaptationResult:
     """Adapt ``meta_params`` to every task with K inner steps, each on fresh data.
 
-    :param source: data of the inner steps (:mod:`meta_safe.data_sources`: real
+    :param source: data of the inner steps (:mod:`meta_safe.data_source`: real
         rollouts, or real plus model rollouts).
     :param post_source: data of the post-adaptation batch (real rollouts).
     :param seed: env seed of the first collection (collection ``k`` uses ``seed + k``).

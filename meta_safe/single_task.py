@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from meta_safe.critic import MLPCritic
-from meta_safe.envs import make_batched_env
+from meta_safe.env_factory import make_batched_env
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rollout import collect
-from meta_safe.surrogate import AdvantageConfig, prepare
+from meta_safe.rl.critic import MLPCritic
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rl.rollout import collect
+from meta_safe.rl.surrogate import AdvantageConfig, prepare
 from stochastic_circle.tasks import CircleTask
 
 

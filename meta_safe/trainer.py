@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from meta_safe.checkpoint import CHECKPOINT_NAME, load, save_atomic
-from meta_safe.data_sources import (
+from meta_safe.data_source import (
     DynaRollouts,
     InnerDataSource,
     RealRollouts,
@@ -28,13 +28,13 @@ from meta_safe.data_sources import (
     build_dyna,
     held_out_errors,
 )
-from meta_safe.envs import make_batched_env, task_distribution
+from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.maml import adapt, meta_objectives, outer_step
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, constraint_margin
-from meta_safe.param_utils import flat_concat
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
-from meta_safe.rollout import Batch
-from meta_safe.surrogate import AdvantageConfig
+from meta_safe.optim.flat_params import flat_concat
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
+from meta_safe.rl.rollout import Batch
+from meta_safe.rl.surrogate import AdvantageConfig
 from stochastic_circle.tasks import CircleTask
 
 METRICS_FILE = "metrics.csv"

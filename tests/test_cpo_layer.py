@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from meta_safe import cpo_step as cpo_mod
-from meta_safe.cpo_step import (
+from meta_safe.optim import cpo_step as cpo_mod
+from meta_safe.optim.cpo_step import (
     CASE_ACTIVE,
     CASE_INACTIVE,
     CASE_INFEASIBLE,

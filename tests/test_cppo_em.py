@@ -37,8 +37,8 @@ from meta_safe.meta_optimizers.cppo_em import (
     EStepSolution,
     e_step,
 )
-from meta_safe.policy import GaussianPolicy
-from meta_safe.surrogate import PolicyData, surrogates
+from meta_safe.rl.policy import GaussianPolicy
+from meta_safe.rl.surrogate import PolicyData, surrogates
 
 HORIZON = 10.0
 CASES = {"inactive": CASE_INACTIVE, "active": CASE_ACTIVE, "infeasible": CASE_INFEASIBLE}

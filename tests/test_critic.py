@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from meta_safe.critic import MLPCritic
+from meta_safe.rl.critic import MLPCritic
 
 
 def data(seed: int):

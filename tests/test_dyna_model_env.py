@@ -16,9 +16,9 @@ from meta_safe.dyna.models import (
     Transitions,
     context_from_tasks,
 )
-from meta_safe.policy import GaussianPolicy, ObsNormalizer
-from meta_safe.rollout import collect, stack_params
-from meta_safe.surrogate import AdvantageConfig, prepare
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer
+from meta_safe.rl.rollout import collect, stack_params
+from meta_safe.rl.surrogate import AdvantageConfig, prepare
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import BatchedCircleEnv, observe
 

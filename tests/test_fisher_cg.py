@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from meta_safe.fisher import conjugate_gradient, fisher_matvec, fisher_vector_product
-from meta_safe.param_utils import flat_concat, unflatten_like
+from meta_safe.optim.fisher import conjugate_gradient, fisher_matvec, fisher_vector_product
+from meta_safe.optim.flat_params import flat_concat, unflatten_like
 
 DTYPE = torch.float64
 OBS_DIM, ACT_DIM, BATCH = 3, 2, 16

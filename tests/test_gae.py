@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meta_safe.advantages import discounted_episode_cost, gae
-from meta_safe.policy import GaussianPolicy, ObsNormalizer
-from meta_safe.rollout import collect, stack_params
-from meta_safe.surrogate import AdvantageConfig, advantages, prepare
+from meta_safe.rl.advantages import discounted_episode_cost, gae
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer
+from meta_safe.rl.rollout import collect, stack_params
+from meta_safe.rl.surrogate import AdvantageConfig, advantages, prepare
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import BatchedCircleEnv
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from meta_safe.gauss_newton import gaussian_fisher_matvec, mlp_layout
 from meta_safe.meta_optimizers.base import kl_hessian_matvec
-from meta_safe.policy import GaussianPolicy
+from meta_safe.optim.gauss_newton import gaussian_fisher_matvec, mlp_layout
+from meta_safe.rl.policy import GaussianPolicy
 
 
 def perturbed_policy(activation: str, seed: int = 0):
@@ -80,7 +80,7 @@ def test_fisher_stride_uses_every_kth_sample_and_rejects_bad_values() -> None:
 
     from meta_safe.meta_optimizers.base import natural_directions
     from meta_safe.meta_optimizers.trpo import TRPOUpdate
-    from meta_safe.surrogate import PolicyData
+    from meta_safe.rl.surrogate import PolicyData
 
     policy, params, obs = perturbed_policy("tanh", seed=3)
     n = obs.shape[0]

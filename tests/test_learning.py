@@ -3,7 +3,7 @@
 CPO and unconstrained TRPO trained from scratch on the default fixed point-circle task
 (torch backend, cost limit 25), 30 updates of 16,000 steps (32 envs x 500), CPO with the
 default persistent MLP cost critic and the overshoot-calibrated margin
-(``meta_optimizer.overshoot_margin=true``, :mod:`meta_safe.overshoot_margin`).
+(``meta_optimizer.overshoot_margin=true``, :mod:`meta_safe.meta_optimizers.overshoot_margin`).
 
 "Ends at or below the limit" is judged on the last 10 batches (320 episodes): one
 batch is a noisy number, because each episode either stays inside the walls (cost 0)
@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from test_trainer import CONFIG_DIR
 
 from meta_safe.config import validate
-from meta_safe.envs import task_distribution
-from meta_safe.policy import GaussianPolicy
+from meta_safe.env_factory import task_distribution
+from meta_safe.rl.policy import GaussianPolicy
+from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.single_task import SingleTaskResult, train_single_task
-from meta_safe.surrogate import AdvantageConfig
 from meta_safe.trainer import build_rule
 
 ITERATIONS = 30

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from meta_safe.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
 from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
@@ -30,9 +29,10 @@ from meta_safe.meta_optimizers.lagrangian import LagrangianUpdate
 from meta_safe.meta_optimizers.lstm import LSTMUpdate, log_sign_preprocess
 from meta_safe.meta_optimizers.pid import PIDLagrangianUpdate
 from meta_safe.meta_optimizers.trpo import TRPOUpdate
-from meta_safe.param_utils import flat_concat, unflatten_like
-from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData, surrogates
+from meta_safe.optim.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
+from meta_safe.optim.flat_params import flat_concat, unflatten_like
+from meta_safe.rl.policy import GaussianPolicy, Params
+from meta_safe.rl.surrogate import PolicyData, surrogates
 
 DTYPE = torch.float64
 NUM_TASKS, NUM_SAMPLES, HORIZON, INNER_STEPS = 2, 64, 10, 2

@@ -3,7 +3,7 @@
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, gaussian_kl
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, gaussian_kl
 
 
 def test_functional_params_and_log_prob_match_torch_distributions() -> None:

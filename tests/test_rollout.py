@@ -2,8 +2,8 @@
 
 import torch
 
-from meta_safe.policy import GaussianPolicy, ObsNormalizer
-from meta_safe.rollout import collect, stack_params
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer
+from meta_safe.rl.rollout import collect, stack_params
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import BatchedCircleEnv
 
@@ -86,7 +86,7 @@ def test_same_seed_same_batch() -> None:
 def test_completed_episode_sums_with_unaligned_episode_ends() -> None:
     """Envs whose episodes end at different steps (as model envs started mid-episode do):
     only steps of episodes that end inside the batch count."""
-    from meta_safe.rollout import completed_episode_sums
+    from meta_safe.rl.rollout import completed_episode_sums
 
     signal = torch.arange(1.0, 7.0).repeat(1, 2, 1)  # [T=1, E=2, N=6]: 1..6 in each env
     done = torch.zeros(1, 2, 6, dtype=torch.bool)

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from meta_safe.checkpoint import load, save_atomic
 from meta_safe.config import validate
 from meta_safe.maml import OUTER_CASE_UNCONSTRAINED, outer_step
-from meta_safe.param_utils import flat_concat, unflatten_like
-from meta_safe.policy import GaussianPolicy, gaussian_kl
-from meta_safe.surrogate import PolicyData
+from meta_safe.optim.flat_params import flat_concat, unflatten_like
+from meta_safe.rl.policy import GaussianPolicy, gaussian_kl
+from meta_safe.rl.surrogate import PolicyData
 from meta_safe.trainer import MetaTrainer, train
 
 CONFIG_DIR = str(Path(REPO_ROOT) / "configs")

@@ -1,7 +1,7 @@
 """Imagined rollouts: a dynamics model behind the batched env interface of the sampler.
 
-:class:`ModelEnv` implements :class:`meta_safe.rollout.BatchedEnv`, so
-:func:`meta_safe.rollout.collect` samples imagined rollouts unchanged. A *path* is one
+:class:`ModelEnv` implements :class:`meta_safe.rl.rollout.BatchedEnv`, so
+:func:`meta_safe.rl.rollout.collect` samples imagined rollouts unchanged. A *path* is one
 imagined trajectory: it starts from a real state (a branch point, as MBPO) of its task,
 the model predicts every next state, and observation, reward and cost are the *known*
 functions of the predicted state and the task (``observe``, ``circle_reward``,
@@ -234,7 +234,7 @@ class ModelEnv:
     def step_timesteps(self) -> Tensor:
         """Real-episode timestep of the state every step since :meth:`reset` acted in.
 
-        :func:`meta_safe.rollout.collect` records this same clock (:attr:`elapsed` before
+        :func:`meta_safe.rl.rollout.collect` records this same clock (:attr:`elapsed` before
         each step) as ``Batch.timestep``: the real-episode timestep (start timestep + steps
         taken), which the time-aware value features need.
 

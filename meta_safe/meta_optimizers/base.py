@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from meta_safe.fisher import conjugate_gradient, fisher_matvec
-from meta_safe.gauss_newton import gaussian_fisher_matvec, mlp_layout
-from meta_safe.param_utils import flat_concat, unflatten_like
-from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
-from meta_safe.surrogate import PolicyData, surrogates
+from meta_safe.optim.fisher import conjugate_gradient, fisher_matvec
+from meta_safe.optim.flat_params import flat_concat, unflatten_like
+from meta_safe.optim.gauss_newton import gaussian_fisher_matvec, mlp_layout
+from meta_safe.rl.policy import GaussianPolicy, Params, gaussian_kl
+from meta_safe.rl.surrogate import PolicyData, surrogates
 
 State = dict[str, Tensor]
 
@@ -100,7 +100,7 @@ def natural_directions(
     in its part of the meta-gradient.
 
     All right-hand sides are solved as one batched conjugate gradient. The Fisher
-    operator is the analytic Gauss-Newton product of :mod:`meta_safe.gauss_newton` for
+    operator is the analytic Gauss-Newton product of :mod:`meta_safe.optim.gauss_newton` for
     the Gaussian MLP policy, or, for any other policy, the KL Hessian by
     reverse-over-reverse (:func:`kl_hessian_matvec`). With ``create_graph`` the products
     stay in the autograd graph, so the meta-gradient sees ``H``'s whole dependence on

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from meta_safe import overshoot_margin as overshoot
-from meta_safe.cpo_step import CASE_INFEASIBLE, SOLVERS, cpo_step
+from meta_safe.meta_optimizers import overshoot_margin as overshoot
 from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
@@ -24,8 +23,9 @@ from meta_safe.meta_optimizers.base import (
     natural_directions,
     task_gradients,
 )
-from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData, mean_kl, surrogates
+from meta_safe.optim.cpo_step import CASE_INFEASIBLE, SOLVERS, cpo_step
+from meta_safe.rl.policy import GaussianPolicy, Params
+from meta_safe.rl.surrogate import PolicyData, mean_kl, surrogates
 
 
 class CPOLayerUpdate(MetaOptimizer):
@@ -40,9 +40,9 @@ class CPOLayerUpdate(MetaOptimizer):
     :param shrink: backtracking factor in (0, 1).
     :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch.
     :param overshoot_margin: tighten each step's constraint by the measured overshoot of
-        the linear cost model over the previous steps (:mod:`meta_safe.overshoot_margin`);
-        the estimate lives in the rule's state, so it builds up over the inner steps of an
-        adaptation and over a single-task run.
+        the linear cost model over the previous steps
+        (:mod:`meta_safe.meta_optimizers.overshoot_margin`); the estimate lives in the rule's
+        state, so it builds up over the inner steps of an adaptation and over a single-task run.
     :param overshoot_decay: weight of the previous overshoot estimate, in ``[0, 1)``.
     """
 

@@ -10,7 +10,7 @@ episode length ``H`` and the KL radius ``delta``, find target probability ratios
                 mean(v) = 1                           (iii) ratios of a distribution
                 v >= v_min                            (iv)  lower clip (``ratio_min``)
 
-(ii) is :func:`meta_safe.surrogate.surrogates`' cost surrogate ``H mean(ratio C)`` (at
+(ii) is :func:`meta_safe.rl.surrogate.surrogates`' cost surrogate ``H mean(ratio C)`` (at
 ``v = 1``: the batch's own cost) kept under the limit; (i) is the second-order KL trust
 region ``mean((v - 1)^2) / 2 ~ KL <= delta``. Write ``u = v - 1``, ``R^2 = 2 N delta`` and
 ``beta = -c N / H`` (the budget of ``C.u``).
@@ -72,7 +72,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from meta_safe.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
 from meta_safe.meta_optimizers.base import (
     InnerContext,
     MetaOptimizer,
@@ -82,9 +81,10 @@ from meta_safe.meta_optimizers.base import (
     constraint_margin,
     natural_directions,
 )
-from meta_safe.param_utils import flat_concat
-from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData, mean_kl
+from meta_safe.optim.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
+from meta_safe.optim.flat_params import flat_concat
+from meta_safe.rl.policy import GaussianPolicy, Params
+from meta_safe.rl.surrogate import PolicyData, mean_kl
 
 __all__ = [
     "CASE_ACTIVE",

@@ -51,8 +51,8 @@ from meta_safe.meta_optimizers.base import (
     stacked_task_gradients,
 )
 from meta_safe.meta_optimizers.pid import inverse_softplus
-from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData
+from meta_safe.rl.policy import GaussianPolicy, Params
+from meta_safe.rl.surrogate import PolicyData
 
 #: Features per coordinate: pre(g) (2), pre(b) (2), log1p(lambda) (1), pre(v) (2).
 NUM_FEATURES = 7

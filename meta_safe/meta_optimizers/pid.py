@@ -48,8 +48,8 @@ from meta_safe.meta_optimizers.base import (
     rms_normalize,
     stacked_task_gradients,
 )
-from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData
+from meta_safe.rl.policy import GaussianPolicy, Params
+from meta_safe.rl.surrogate import PolicyData
 
 __all__ = ["PIDLagrangianUpdate", "inverse_softplus", "rms_normalize"]
 

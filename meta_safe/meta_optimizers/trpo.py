@@ -18,8 +18,8 @@ from meta_safe.meta_optimizers.base import (
     task_gradients,
     trust_region_scale,
 )
-from meta_safe.policy import GaussianPolicy, Params
-from meta_safe.surrogate import PolicyData
+from meta_safe.rl.policy import GaussianPolicy, Params
+from meta_safe.rl.surrogate import PolicyData
 
 
 class TRPOUpdate(MetaOptimizer):

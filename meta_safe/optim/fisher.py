@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from meta_safe.param_utils import flat_concat, unflatten_like
+from meta_safe.optim.flat_params import flat_concat, unflatten_like
 
 __all__ = [
     "conjugate_gradient",

@@ -13,7 +13,7 @@ with ``J_i = d mu(s_i) / d theta_mean`` (mean and log-std blocks do not couple a
 activations computed once per operator, so:
 
 * a product costs a few ``[N, width]`` matrix products instead of the two nested
-  backward passes of Pearlmutter's trick (:func:`meta_safe.fisher.fisher_matvec`);
+  backward passes of Pearlmutter's trick (:func:`meta_safe.optim.fisher.fisher_matvec`);
 * the result is an ordinary differentiable function of ``theta`` and ``v``: autograd
   differentiates it to any order, and the meta-gradient sees the whole dependence of
   ``F(theta)`` on ``theta`` (activations, weights, ``sigma``), exactly as it sees the
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from meta_safe.policy import GaussianPolicy, Params
+from meta_safe.rl.policy import GaussianPolicy, Params
 
 __all__ = ["MLPLayout", "activate", "gaussian_fisher_matvec", "mlp_layout"]
 

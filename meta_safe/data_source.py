@@ -1,7 +1,7 @@
 """Where the inner loop's data comes from: real rollouts, or real plus model rollouts.
 
 The inner loop (:func:`meta_safe.maml.adapt`) asks a data source for one batch of
-:class:`~meta_safe.surrogate.PolicyData` per task and never learns which kind it
+:class:`~meta_safe.rl.surrogate.PolicyData` per task and never learns which kind it
 got. :class:`RealRollouts` collects every sample in the env. :class:`DynaRollouts`
 collects a small real batch and adds imagined rollouts of a dynamics model
 (:mod:`meta_safe.dyna`) branched from the real states:
@@ -39,13 +39,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from meta_safe.advantages import gae
 from meta_safe.dyna.model_env import ModelEnv, model_fraction
 from meta_safe.dyna.models import DynamicsModel, Transitions, context_from_tasks
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rollout import Batch, BatchedEnv, collect
-from meta_safe.surrogate import AdvantageConfig, PolicyData, policy_data, prepare
-from meta_safe.value_baseline import discounted_returns, fit_linear_values, predict_values
+from meta_safe.rl.advantages import gae
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rl.rollout import Batch, BatchedEnv, collect
+from meta_safe.rl.surrogate import AdvantageConfig, PolicyData, policy_data, prepare
+from meta_safe.rl.value_baseline import discounted_returns, fit_linear_values, predict_values
 from stochastic_circle.tasks import CircleTask
 
 

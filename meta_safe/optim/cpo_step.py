@@ -7,7 +7,7 @@ violating) and ``H`` the Fisher matrix, the inner step solves
 
     maximise_x  g^T x   s.t.   b^T x + c <= 0,   0.5 x^T H x <= delta.            (P)
 
-Only ``H^-1 g`` and ``H^-1 b`` are needed (conjugate gradient, :mod:`meta_safe.fisher`):
+Only ``H^-1 g`` and ``H^-1 b`` are needed (conjugate gradient, :mod:`meta_safe.optim.fisher`):
 with ``q = g^T H^-1 g``, ``r = g^T H^-1 b``, ``s = b^T H^-1 b`` the Lagrange dual is
 
     maximise_{lam >= 0, nu >= 0}  D(lam, nu) = -(q - 2 nu r + nu^2 s) / (2 lam) + nu c - lam delta
@@ -461,7 +461,8 @@ def cpo_step(
     :param g: ``[batch, P]`` (or ``[P]``) reward-surrogate gradient (ascent direction).
     :param b: ``[batch, P]`` cost-surrogate gradient.
     :param c: ``[batch]`` (or scalar) constraint margin ``J_C(pi) - limit``.
-    :param Hinv_g: ``[batch, P]`` ``H^-1 g`` (e.g. :func:`meta_safe.fisher.conjugate_gradient`).
+    :param Hinv_g: ``[batch, P]`` ``H^-1 g`` (from
+        :func:`meta_safe.optim.fisher.conjugate_gradient`).
     :param Hinv_b: ``[batch, P]`` ``H^-1 b``.
     :param trust_radius: ``delta`` of ``0.5 x^T H x <= delta`` (max KL), scalar or ``[batch]``.
     :param solver: ``"closed_form"`` (differentiable to any order) or ``"cvxpylayers"``.

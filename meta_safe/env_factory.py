@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meta_safe.rollout import BatchedEnv
+from meta_safe.rl.rollout import BatchedEnv
 from stochastic_circle.tasks import CircleTask, TaskDistribution
 
 BACKENDS: tuple[str, ...] = ("torch", "mujoco")

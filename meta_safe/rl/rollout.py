@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
-from meta_safe.gauss_newton import activate, mlp_layout
-from meta_safe.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_log_prob
+from meta_safe.optim.gauss_newton import activate, mlp_layout
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_log_prob
 
 
 class BatchedEnv(Protocol):

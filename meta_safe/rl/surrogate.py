@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from meta_safe.advantages import gae
-from meta_safe.critic import MLPCritic
-from meta_safe.policy import GaussianPolicy, Params, gaussian_kl
-from meta_safe.rollout import Batch
-from meta_safe.value_baseline import discounted_returns, fit_linear_values, predict_values
+from meta_safe.rl.advantages import gae
+from meta_safe.rl.critic import MLPCritic
+from meta_safe.rl.policy import GaussianPolicy, Params, gaussian_kl
+from meta_safe.rl.rollout import Batch
+from meta_safe.rl.value_baseline import discounted_returns, fit_linear_values, predict_values
 
 
 @dataclass
@@ -66,7 +66,7 @@ def advantages(
 
     :param critics: persistent critics by signal (``"reward"``, ``"cost"``), trained on
         ``batch`` first; a signal without one gets per-task linear values fitted on
-        ``batch`` (:mod:`meta_safe.value_baseline`).
+        ``batch`` (:mod:`meta_safe.rl.value_baseline`).
     """
     critics = critics or {}
     result = []

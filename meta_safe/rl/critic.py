@@ -1,6 +1,6 @@
 """A persistent neural value function, for training that runs over many batches.
 
-The per-batch linear values of :mod:`meta_safe.value_baseline` forget everything
+The per-batch linear values of :mod:`meta_safe.rl.value_baseline` forget everything
 between batches. For the cost that matters: cost on the circle task is 0 until the
 agent crosses a wall, so a batch from a nearly safe policy holds few cost events and
 the linearised constraint cannot see the walls; CPO then steps straight through
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from meta_safe.value_baseline import features
+from meta_safe.rl.value_baseline import features
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
