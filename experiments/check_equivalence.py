@@ -93,6 +93,11 @@ def main() -> int:
         args.write.write_text(json.dumps(result, indent=1, sort_keys=True))
     if args.compare:
         stored = json.loads(args.compare.read_text())
+        for record in stored.values():
+            record["metrics"] = [
+                {k: v for k, v in row.items() if not is_wall_clock(k)} for row in record["metrics"]
+            ]
+            record["evaluation"] = strip_times(record["evaluation"])
         bad = [name for name in result if result[name] != stored.get(name)]
         for name in bad:
             print(f"DIFFERENT: {name}")

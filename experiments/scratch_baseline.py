@@ -24,15 +24,13 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from meta_safe.cli.evaluate import held_out_tasks
-from meta_safe.config import validate
-from meta_safe.evaluation import AdaptationReport
+from meta_safe.config import CONFIG_DIR, validate
+from meta_safe.evaluation import AdaptationReport, evaluation_tasks
+from meta_safe.maml import probe_obs_dim
+from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.rl.policy import GaussianPolicy
 from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.single_task import train_single_task
-from meta_safe.trainer import build_rule, probe_obs_dim
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = validate(compose("config", overrides=args.overrides))
     ev = cfg.evaluation
-    tasks = held_out_tasks(cfg)
+    tasks = evaluation_tasks(cfg)
     for seed in (int(s) for s in args.seeds.split(",")):
         start = time.perf_counter()
         torch.manual_seed(seed)
@@ -62,7 +60,7 @@ def main() -> None:
             result = train_single_task(
                 cfg.env,
                 task,
-                build_rule(cfg.meta_optimizer),
+                build_meta_optimizer(cfg.meta_optimizer),
                 policy,
                 ev.inner_steps,
                 ev.envs_per_task,

@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from meta_safe.config import validate
+from meta_safe.config import CONFIG_DIR, validate
 from meta_safe.env_factory import task_distribution
+from meta_safe.maml import probe_obs_dim
+from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.rl.policy import GaussianPolicy
 from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.single_task import train_single_task
-from meta_safe.trainer import build_rule, probe_obs_dim
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def last_mean(values: list[float], n: int = 10) -> float:
@@ -65,7 +64,7 @@ def main() -> None:
             result = train_single_task(
                 cfg.env,
                 task,
-                build_rule(cfg.meta_optimizer),
+                build_meta_optimizer(cfg.meta_optimizer),
                 policy,
                 args.iterations,
                 args.envs,

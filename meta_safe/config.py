@@ -1,82 +1,126 @@
-"""Typed schema of the configuration in ``configs/`` (hydra structured configs).
+"""The typed configuration: the one source of every default (hydra structured configs).
 
-The yaml files are merged onto these dataclasses, so a mistyped or unknown key
-fails at start-up with the valid keys listed, and wrong types are rejected.
-The ``meta_optimizer`` and ``dyna`` groups are free-form here: their keys are
-the constructor arguments of the class named by ``_target_``, checked there.
+``configs/config.yaml`` only chooses the groups; the values below are the defaults, and
+the yaml presets in ``configs/<group>/`` state only what they change. A mistyped or
+unknown key fails at start-up with the valid keys listed, and wrong types are rejected.
+The ``meta_optimizer`` and ``dyna`` groups are free-form here: their keys are the
+constructor arguments of the class named by ``_target_``, checked there.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from meta_safe.dyna.registry import register_configs as register_dyna_configs
+from meta_safe.meta_optimizers import register_configs as register_meta_optimizer_configs
 from meta_safe.rl.surrogate import AdvantageConfig
+from stochastic_circle.tasks import REFERENCE_LEVELS
 
-OUTER_STEPS = ("cpo", "trpo")  # outer step on theta_0: constrained (CPO) or cost-blind (TRPO)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+"""The hydra config directory (``configs/`` at the repository root)."""
+
+SCHEMA_NAME = "meta_safe_schema"
+"""Name under which :class:`TrainConfig` is stored for ``configs/config.yaml``'s defaults list."""
+
+OUTER_STEPS = ("auto", "cpo", "trpo")
+"""Outer step on ``theta_0``: ``cpo`` constrains the post-adaptation cost, ``trpo`` ignores
+it, ``auto`` picks ``trpo`` for a meta-optimizer that ignores cost and ``cpo`` otherwise."""
+
+
+def _range(low: float, high: float) -> Any:
+    return field(default_factory=lambda: [low, high])
+
+
+_TRAIN = REFERENCE_LEVELS["meta_train"]
+
+
+def _level(name: str) -> Any:
+    """A :class:`RangeConfig` default from the task suite's reference level ``name``."""
+    level = REFERENCE_LEVELS[name]
+    return field(
+        default_factory=lambda: RangeConfig(
+            radius=list(level["radius"]), wall_scale=list(level["wall_scale"])
+        )
+    )
 
 
 @dataclass
 class RangeConfig:
     """A task distribution: ``[low, high]`` ranges (wall distance = radius * wall_scale)."""
 
-    radius: list[float] = field(default_factory=lambda: [1.0, 1.5])
-    wall_scale: list[float] = field(default_factory=lambda: [0.55, 0.75])
-    damping_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    gear_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    radius: list[float] = _range(*_TRAIN["radius"])  # circle radius
+    wall_scale: list[float] = _range(*_TRAIN["wall_scale"])  # walls at |x| = radius * wall_scale
+    damping_scale: list[float] = _range(1.0, 1.0)  # joint damping multiplier
+    gear_scale: list[float] = _range(1.0, 1.0)  # actuator gear multiplier
 
 
 @dataclass
 class EnvConfig:
-    backend: str = "torch"  # torch | mujoco
-    robot: str = "point"  # point | car
+    """The task family and simulator (Meta-CPO's stochastic circle levels 0, 1 and 2)."""
+
+    backend: str = "torch"  # torch (fast batched) | mujoco (Safety-Gymnasium)
+    robot: str = "point"  # point | car (car needs backend=mujoco)
     num_walls: int = 2  # 2 | 4
     episode_steps: int = 500  # steps per episode (truncation)
     placement: float = 0.2  # start position uniform in [-placement, placement]^2
     step_threads: int = 1  # MuJoCo backend: threads stepping the envs (mj_step releases the GIL)
-    cost_limit: float = 10.0  # per-episode cost limit d
-    fixed: RangeConfig = field(default_factory=RangeConfig)
-    meta_train: RangeConfig = field(default_factory=RangeConfig)
-    held_out: RangeConfig = field(default_factory=RangeConfig)
+    cost_limit: float = 10.0  # per-episode (undiscounted) cost limit d
+    fixed: RangeConfig = _level("fixed")  # level 0: one task
+    meta_train: RangeConfig = _level("meta_train")  # level 1: the training distribution
+    held_out: RangeConfig = _level("held_out")  # level 2: larger circles, never trained on
 
 
 @dataclass
 class PolicyConfig:
-    hidden: list[int] = field(default_factory=lambda: [64, 64])  # MLP hidden sizes
+    hidden: list[int] = field(default_factory=lambda: [64, 64])  # Gaussian MLP hidden sizes
     activation: str = "tanh"  # tanh | relu | elu
     log_std_init: float = -0.5  # initial log standard deviation of actions
 
 
 @dataclass
 class MetaConfig:
+    """The outer loop."""
+
     iterations: int = 20  # meta-iterations (outer steps)
-    tasks_per_iteration: int = 3  # tasks sampled per meta-iteration
+    tasks_per_iteration: int = 3  # tasks sampled per meta-iteration (Meta-CPO: 3)
     inner_steps: int = 1  # K: inner updates per task, each on fresh data
-    envs_per_task: int = 8  # parallel envs per task per collection
+    envs_per_task: int = 8  # envs per task per collection (8 x 500 = Meta-CPO's 4,000 steps)
     steps_per_env: int = 500  # steps per env per collection (500 = one episode)
     first_order: bool = False  # drop second-order terms of the meta-gradient
-    outer_trust_radius: float = 0.01  # KL bound of the outer CPO step on the initial policy
+    outer_step: str = "auto"  # auto | cpo | trpo (see OUTER_STEPS)
+    outer_trust_radius: float = 0.01  # KL bound of the outer step on the initial policy
     outer_damping: float = 0.1  # Fisher damping of the outer step
     outer_cg_iters: int = 10  # conjugate-gradient iterations of the outer step
     outer_fisher_stride: int = 5  # the outer Fisher is averaged over every k-th sample
-    cost_penalty: float = 1.0  # mu in J_R - mu * max(0, J_C - d) (per episode) for learnable rules
+    cost_penalty: float = 1.0  # mu in J_R - mu max(0, J_C - d) (per episode), learnable rules
+    learned_rule_lr: float | None = None  # outer Adam rate of a learnable rule; null: its own
 
 
 @dataclass
 class EvaluationConfig:
-    tasks: int = 20  # held-out tasks
-    inner_steps: int = 3  # adaptation steps on each held-out task
-    envs_per_task: int = 8
-    steps_per_env: int = 500
-    seed: int = 10_000  # seed of held-out task sampling and rollouts
+    """Adaptation on unseen tasks after training (and in ``python -m meta_safe.evaluate``)."""
+
+    tasks: int = 20  # tasks to adapt on
+    inner_steps: int = 3  # adaptation steps on each task
+    envs_per_task: int = 8  # envs per task per collection
+    steps_per_env: int = 500  # steps per env per collection
+    seed: int = 10_000  # seed of task sampling and rollouts
     split: str = "held_out"  # fixed | meta_train | held_out
 
 
 @dataclass
 class CriticConfig:
-    cost: str = "mlp"  # linear | mlp: value function of the cost in single-task training
+    """Value function of the cost where training spans many batches of one task (the
+    single-task trainers and the from-scratch baseline); meta inner loops always fit
+    per-batch linear values."""
+
+    cost: str = "mlp"  # linear | mlp (a critic that keeps learning across batches)
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     lr: float = 1e-3
     epochs: int = 10  # passes over each batch
@@ -85,28 +129,32 @@ class CriticConfig:
 
 @dataclass
 class RuntimeConfig:
-    device: str = "cpu"
-    torch_threads: int = 1
-    progress: bool = True  # live progress bar
+    device: str = "cpu"  # cpu (the only device implemented)
+    torch_threads: int = 1  # intra-op threads: 1 is fastest for these small ops
+    progress: bool = True  # live progress bar with return and cost
 
 
 @dataclass
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
-    meta_optimizer: Any = None
-    dyna: Any = None
+    meta_optimizer: Any = None  # chosen by meta_optimizer=<name> (configs/meta_optimizer/)
+    dyna: Any = None  # chosen by dyna=<name> (configs/dyna/)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    seed: int = 0
-    resume: bool = False  # continue the run in run_dir from its last checkpoint
-    run_dir: str | None = None  # default: hydra's output directory
-    checkpoint_every: int = 1  # meta-iterations between checkpoints
-    evaluate_after: bool = True  # run the held-out evaluation when training ends
+    seed: int = 0  # seeds tasks, start states, action noise and initial weights
+    resume: bool = False  # continue the run in run_dir from its checkpoint (exactly)
+    run_dir: str | None = None  # null: hydra's output directory (runs/<date>_<meta_optimizer>)
+    checkpoint_every: int = 1  # meta-iterations between (atomic) checkpoints
+    evaluate_after: bool = True  # adapt on held-out tasks when training ends, print the table
 
+
+ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
+register_meta_optimizer_configs()
+register_dyna_configs()
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "env.backend": ("torch", "mujoco"),
@@ -114,8 +162,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "env.num_walls": (2, 4),
     "policy.activation": ("tanh", "relu", "elu"),
     "evaluation.split": ("fixed", "meta_train", "held_out"),
-    "runtime.device": ("cpu", "cuda"),
+    "runtime.device": ("cpu",),
     "critic.cost": ("linear", "mlp"),
+    "meta.outer_step": OUTER_STEPS,
 }
 POSITIVE: tuple[str, ...] = (
     "env.episode_steps",
@@ -137,13 +186,68 @@ POSITIVE: tuple[str, ...] = (
 )
 NON_NEGATIVE: tuple[str, ...] = ("meta.inner_steps", "evaluation.inner_steps", "env.cost_limit")
 
+LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_lr": None}
+"""Keys older configs kept in the ``meta_optimizer`` group, and where they live now
+(``None``: dropped; the rule's own default outer learning rate applies)."""
+
+
+def migrate(cfg: DictConfig) -> DictConfig:
+    """Move keys of an older configuration (e.g. a checkpoint's) to where they live now.
+
+    ``meta_optimizer.outer_step`` becomes ``meta.outer_step``;
+    ``meta_optimizer.learnable_outer_lr`` becomes ``meta.learned_rule_lr``.
+    """
+    rule = cfg.get("meta_optimizer")
+    if not rule or not any(k in rule for k in LEGACY_META_OPTIMIZER_KEYS):
+        return cfg
+    moved = OmegaConf.to_container(cfg)
+    rule, meta = moved["meta_optimizer"], moved.setdefault("meta", {})
+    if "outer_step" in rule:
+        meta["outer_step"] = rule.pop("outer_step")
+    if "learnable_outer_lr" in rule:
+        meta["learned_rule_lr"] = rule.pop("learnable_outer_lr")
+    return OmegaConf.create(moved)
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every float in the configuration is finite."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix and isinstance(key, str) else f"{prefix}{key}"
+        name = f"{prefix}[{key}]" if isinstance(key, int) else name
+        if isinstance(value, dict | list):
+            _check_finite(value, name)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}={value} is invalid: must be a finite number")
+
+
+FREE_FORM = ("meta_optimizer", "dyna")
+"""Sections whose keys are checked by the class their ``_target_`` names."""
+
+
+def _check_known_keys(node: dict, schema: dict, prefix: str = "") -> None:
+    """Every key of ``node`` exists in ``schema`` (recursively, free-form sections aside)."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if name in FREE_FORM:
+            continue
+        if key not in schema:
+            where = f"under {prefix[:-1]}" if prefix else "at the top level"
+            raise ValueError(f"{name} is not a known key: valid keys {where} are {list(schema)}")
+        if isinstance(value, dict) and isinstance(schema[key], dict):
+            _check_known_keys(value, schema[key], f"{name}.")
+
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge ``cfg`` onto the schema and check values; raise ``ValueError`` naming the bad one."""
+    cfg = migrate(cfg)
+    schema = OmegaConf.structured(TrainConfig)
+    _check_known_keys(OmegaConf.to_container(cfg), OmegaConf.to_container(schema))
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        merged = OmegaConf.merge(schema, cfg)
     except Exception as error:  # omegaconf raises several types; all mean "bad config"
         raise ValueError(f"invalid configuration: {error}") from error
+    _check_finite(OmegaConf.to_container(merged))
     for key, choices in CHOICES.items():
         value = OmegaConf.select(merged, key)
         if value not in choices:
@@ -156,14 +260,21 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value < 0:
             raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
-    outer = merged.meta_optimizer.get("outer_step", "cpo") if merged.meta_optimizer else "cpo"
-    if outer not in OUTER_STEPS:
-        raise ValueError(
-            f"meta_optimizer.outer_step={outer!r} is invalid: valid choices are {list(OUTER_STEPS)}"
-        )
+    lr = merged.meta.learned_rule_lr
+    if lr is not None and not lr > 0:
+        raise ValueError(f"meta.learned_rule_lr={lr!r} is invalid: must be > 0 (or null)")
     if merged.env.backend == "torch" and merged.env.robot != "point":
         raise ValueError(
             f"env.robot={merged.env.robot!r} is not available on env.backend='torch': "
             "valid robots there are ['point'] (use env.backend=mujoco for 'car')"
         )
     return merged
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The validated configuration of ``configs/`` with hydra ``overrides`` applied (the
+    same as the command line's), for use from Python."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return validate(compose("config", overrides=list(overrides)))

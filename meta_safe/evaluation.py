@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from meta_safe.data_source import (
-    DynaRollouts,
-    DynaSettings,
-    DynaState,
-    InnerDataSource,
-    RealRollouts,
-)
-from meta_safe.env_factory import make_batched_env
-from meta_safe.maml import adapt
+from meta_safe.adaptation import adapt
+from meta_safe.data_source import InnerDataSource, RealRollouts
+from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
+from meta_safe.env_factory import make_batched_env, task_distribution
+from meta_safe.maml import MetaSetup, MetaState
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.surrogate import AdvantageConfig
@@ -122,7 +119,7 @@ def evaluate_adaptation(
     policy: GaussianPolicy,
     meta_params: Params,
     normalizer: ObsNormalizer,
-    rule: MetaOptimizer,
+    meta_optimizer: MetaOptimizer,
     env_cfg: Any,
     tasks: list[CircleTask],
     inner_steps: int,
@@ -147,14 +144,12 @@ def evaluate_adaptation(
         source = DynaRollouts(
             real_env, tasks, state, settings, steps_per_env, adv_cfg, env_cfg.episode_steps
         )
-    frozen = normalizer.frozen
-    normalizer.frozen = True
-    try:
+    with normalizer.frozen_statistics():
         params = {k: v.detach().clone().requires_grad_() for k, v in meta_params.items()}
         result = adapt(
             policy,
             params,
-            rule,
+            meta_optimizer,
             source,
             post_source,
             normalizer,
@@ -163,10 +158,45 @@ def evaluate_adaptation(
             torch.Generator().manual_seed(seed),
             seed=seed + 1,
         )
-    finally:
-        normalizer.frozen = frozen
     returns = torch.stack([b.episode_return for b in result.batches], 1).tolist()
     costs = torch.stack([b.episode_cost for b in result.batches], 1).tolist()
     return AdaptationReport(
         tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks)
+    )
+
+
+def evaluation_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:
+    """Explicit ``[[radius, wall_distance], ...]`` or a seeded sample of ``evaluation.split``."""
+    if explicit:
+        return [
+            CircleTask(
+                robot=cfg.env.robot,
+                radius=float(r),
+                wall_distance=float(w),
+                num_walls=cfg.env.num_walls,
+            )
+            for r, w in explicit
+        ]
+    dist = task_distribution(cfg.env, cfg.evaluation.split)
+    return dist.sample(cfg.evaluation.tasks, seed=cfg.evaluation.seed)
+
+
+def evaluate_meta_state(
+    setup: MetaSetup, state: MetaState, cfg: DictConfig, explicit: Any = None
+) -> AdaptationReport:
+    """Adapt a meta-trained state on the tasks ``cfg.evaluation`` names."""
+    ev = cfg.evaluation
+    return evaluate_adaptation(
+        setup.policy,
+        state.meta_params,
+        state.normalizer,
+        state.meta_optimizer,
+        cfg.env,
+        evaluation_tasks(cfg, explicit),
+        ev.inner_steps,
+        ev.envs_per_task,
+        ev.steps_per_env,
+        AdvantageConfig(**OmegaConf.to_container(cfg.advantage)),
+        ev.seed,
+        dyna=(state.dyna, setup.dyna_settings) if state.dyna is not None else None,
     )

@@ -1,125 +1,179 @@
 """MAML through constrained inner updates (Finn et al. 2017; Meta-CPO, Cho & Sun 2024).
 
-One meta-iteration, top to bottom:
+One meta-iteration, :func:`meta_step`, top to bottom:
 
 1. sample tasks; start every task from the meta-parameters ``theta_0``;
 2. K times: collect a fresh batch per task with the current adapted policies, and
-   apply the inner rule (kept in the autograd graph unless first-order);
+   apply the meta-optimizer's inner step (kept in the autograd graph unless first-order);
 3. collect the post-adaptation batch;
 4. meta-objective per task: reward surrogate ``L_R`` and cost surrogate ``L_C`` of
    the adapted policy on post-adaptation data, constraint margin ``c = J_C - d``;
 5. exact meta-gradients ``g = d mean(L_R) / d theta_0`` and ``b = d mean(L_C) / d theta_0``
    through all K inner steps (``torch.autograd`` on the inner graph);
-6. outer step on ``theta_0``: the CPO step with the Fisher of the *pre-adaptation*
-   policy (REFERENCE_NOTES section 8: the convex layer can be differentiated once,
-   so the trust region is taken on the pre-adaptation policy), or, for the Meta-TRPO
-   baseline (``outer_step: trpo``), the unconstrained natural-gradient step;
-7. learnable rules: one step of their own optimiser on
+6. learnable meta-optimizers: one Adam step on their own parameters for
    ``-(mean s L_R - mu * mean max(0, c + L_C))``, with ``s = PolicyData.reward_scale``
-   putting the normalised reward surrogate in per-episode units like ``L_C``.
+   putting the normalised reward surrogate in per-episode units like ``L_C``;
+7. outer step on ``theta_0`` with the Fisher of the *pre-adaptation* policy: the CPO step
+   under the linearised post-adaptation cost constraint, or, for a meta-optimizer that
+   ignores cost (Meta-TRPO), the unconstrained natural-gradient step; then the checks
+   that the new state is finite, the normaliser update and (Dyna) the model fit.
+
+:class:`MetaState` is everything this learns and exactly what a checkpoint holds.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from meta_safe.data_source import InnerDataSource
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    natural_directions,
-    trust_region_scale,
-)
+from meta_safe.adaptation import adapt, meta_objectives
+from meta_safe.data_source import InnerDataSource, RealRollouts, adaptation_info
+from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState, build_dyna, held_out_errors
+from meta_safe.env_factory import make_batched_env, task_distribution
+from meta_safe.meta_optimizers import build_meta_optimizer
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
+from meta_safe.meta_optimizers.gradients import constraint_margin
 from meta_safe.optim.cpo_step import cpo_step
 from meta_safe.optim.flat_params import flat_concat, unflatten_like
-from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rl.rollout import Batch, stack_params
-from meta_safe.rl.surrogate import PolicyData, surrogates
-
-
-@dataclass
-class AdaptationResult:
-    """What one adaptation of a batch of tasks produced.
-
-    :ivar adapted: per-task parameters after the last inner step (in the graph).
-    :ivar batches: the K + 1 real batches collected (inner steps, then post-adaptation).
-    :ivar data: the policy data of each of the K + 1 collections (per task).
-    :ivar metrics: per inner step, the rule's metrics ``[T]``.
-    :ivar times: seconds spent sampling and in inner updates.
-    :ivar infos: per collection, the data source's scalars (e.g. model share).
-    """
-
-    adapted: list[Params]
-    batches: list[Batch]
-    data: list[list[PolicyData]]
-    metrics: list[dict[str, Tensor]]
-    times: dict[str, float] = field(default_factory=dict)
-    infos: list[dict[str, float]] = field(default_factory=list)
-
-
-def adapt(
-    policy: GaussianPolicy,
-    meta_params: Params,
-    rule: MetaOptimizer,
-    source: InnerDataSource,
-    post_source: InnerDataSource,
-    normalizer: ObsNormalizer,
-    inner_steps: int,
-    ctx: InnerContext,
-    generator: torch.Generator,
-    seed: int,
-    on_batch: Callable[[int, Batch], None] | None = None,
-) -> AdaptationResult:
-    """Adapt ``meta_params`` to every task with K inner steps, each on fresh data.
-
-    :param source: data of the inner steps (:mod:`meta_safe.data_source`: real
-        rollouts, or real plus model rollouts).
-    :param post_source: data of the post-adaptation batch (real rollouts).
-    :param seed: env seed of the first collection (collection ``k`` uses ``seed + k``).
-    :param on_batch: called with ``(k, batch)`` after each real collection (logging).
-    """
-    num_tasks = source.num_tasks
-    params = [dict(meta_params) for _ in range(num_tasks)]
-    state = rule.init_state(num_tasks, dtype=next(iter(meta_params.values())).dtype)
-    batches, datas, metrics, infos = [], [], [], []
-    times = {"sampling": 0.0, "inner_update": 0.0}
-    for k in range(inner_steps + 1):
-        start = time.perf_counter()
-        behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
-        supplier = post_source if k == inner_steps else source
-        inner = supplier.inner_batch(k, policy, behaviour, normalizer, generator, seed + k)
-        times["sampling"] += time.perf_counter() - start
-        batches.append(inner.real)
-        datas.append(inner.data)
-        infos.append(inner.info)
-        if on_batch is not None:
-            on_batch(k, inner.real)
-        if k == inner_steps:
-            break
-        start = time.perf_counter()
-        params, state, step_metrics = rule.step(policy, params, state, inner.data, ctx)
-        metrics.append(step_metrics)
-        times["inner_update"] += time.perf_counter() - start
-    return AdaptationResult(params, batches, datas, metrics, times, infos)
-
-
-def meta_objectives(
-    policy: GaussianPolicy, adapted: list[Params], post: list[PolicyData]
-) -> tuple[Tensor, Tensor]:
-    """Post-adaptation surrogates ``(L_R [T], L_C [T])``, differentiable to ``theta_0``."""
-    rewards, costs = zip(
-        *(surrogates(policy, p, d) for p, d in zip(adapted, post, strict=True)), strict=True
-    )
-    return torch.stack(rewards), torch.stack(costs)
-
+from meta_safe.optim.natural import natural_directions, trust_region_scale
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
+from meta_safe.rl.rollout import Batch
+from meta_safe.rl.surrogate import AdvantageConfig, PolicyData
+from stochastic_circle.tasks import CircleTask, TaskDistribution
 
 OUTER_CASE_UNCONSTRAINED = -1
 """``case`` reported by the unconstrained (``trpo``) outer step."""
+
+
+def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
+    """A 31-bit seed for ``(run seed, iteration, stream)``: independent streams per use."""
+    return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0] >> 1)
+
+
+@dataclass
+class MetaSetup:
+    """What a meta-iteration needs but does not learn (built once from the config)."""
+
+    cfg: DictConfig
+    policy: GaussianPolicy
+    train_tasks: TaskDistribution
+    adv_cfg: AdvantageConfig
+    dyna_settings: DynaSettings | None
+
+    @property
+    def constrained_outer_step(self) -> bool:
+        """The outer step constrains the post-adaptation cost (``meta.outer_step``)."""
+        return self.cfg.meta.outer_step == "cpo"
+
+
+@dataclass
+class MetaState:
+    """Everything meta-training learns; :meth:`state_dict` is the checkpoint's content.
+
+    The meta-optimizer, its Adam state, the normaliser and the Dyna state are torch
+    objects that :func:`meta_step` updates in place; ``meta_params`` and ``iteration``
+    are replaced.
+    """
+
+    iteration: int
+    meta_params: Params
+    normalizer: ObsNormalizer
+    meta_optimizer: MetaOptimizer
+    outer_adam: torch.optim.Adam | None
+    dyna: DynaState | None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "meta_params": {k: v.detach().clone() for k, v in self.meta_params.items()},
+            "normalizer": self.normalizer.state_dict(),
+            "rule": self.meta_optimizer.state_dict(),
+            "rule_optimizer": self.outer_adam.state_dict() if self.outer_adam else None,
+            "dyna": self.dyna.state_dict() if self.dyna is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = state["iteration"]
+        self.meta_params = {k: v.clone() for k, v in state["meta_params"].items()}
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.meta_optimizer.load_state_dict(state["rule"])
+        if self.outer_adam is not None and state["rule_optimizer"] is not None:
+            self.outer_adam.load_state_dict(state["rule_optimizer"])
+        if self.dyna is not None and state.get("dyna") is not None:
+            self.dyna.load_state_dict(state["dyna"])
+
+
+def probe_obs_dim(env_cfg: Any) -> int:
+    """Observation size of the configured robot/backend."""
+    task = task_distribution(env_cfg, "fixed").sample(1, seed=0)
+    return make_batched_env(env_cfg, task, 1, seed=0).obs_dim
+
+
+def init_meta(cfg: DictConfig) -> tuple[MetaSetup, MetaState]:
+    """The setup and the initial state of a validated config (seeded by ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    train_tasks = task_distribution(cfg.env, "meta_train")
+    obs_dim = probe_obs_dim(cfg.env)
+    policy = GaussianPolicy(
+        obs_dim, 2, cfg.policy.hidden, cfg.policy.activation, cfg.policy.log_std_init
+    )
+    meta_params = policy.init_params()
+    meta_optimizer = build_meta_optimizer(cfg.meta_optimizer)
+    if cfg.meta.outer_step == "auto":
+        cfg.meta.outer_step = "trpo" if meta_optimizer.ignores_cost else "cpo"
+    outer_adam = None
+    if meta_optimizer.learnable:
+        lr = cfg.meta.learned_rule_lr or meta_optimizer.default_outer_lr or 1e-3
+        outer_adam = torch.optim.Adam(meta_optimizer.parameters(), lr=lr)
+    adv_cfg = AdvantageConfig(**OmegaConf.to_container(cfg.advantage))
+    dyna, dyna_settings = build_dyna(cfg.dyna, cfg.env)
+    setup = MetaSetup(cfg, policy, train_tasks, adv_cfg, dyna_settings)
+    state = MetaState(0, meta_params, ObsNormalizer(obs_dim), meta_optimizer, outer_adam, dyna)
+    return setup, state
+
+
+def flat_gradient(objective: Tensor, params: Params, retain_graph: bool) -> Tensor:
+    """``d objective / d params`` flattened ``[P]``; parameters it does not use get zeros."""
+    grads = torch.autograd.grad(
+        objective, list(params.values()), retain_graph=retain_graph, allow_unused=True
+    )
+    filled = [
+        torch.zeros_like(v) if g is None else g for v, g in zip(params.values(), grads, strict=True)
+    ]
+    return flat_concat(dict(zip(params, filled, strict=True)))
+
+
+def learned_rule_step(
+    meta_optimizer: MetaOptimizer,
+    outer_adam: torch.optim.Adam,
+    reward_sur: Tensor,
+    cost_sur: Tensor,
+    margin: Tensor,
+    post: list[PolicyData],
+    cost_penalty: float,
+) -> float:
+    """One Adam step on a learnable meta-optimizer's parameters for
+    ``-(mean s L_R - mu mean max(0, c + L_C))``; returns the gradient norm.
+
+    :param reward_sur, cost_sur, margin: ``[T]``.
+    """
+    scale = torch.stack([torch.as_tensor(d.reward_scale) for d in post]).to(reward_sur)
+    penalised = scale * reward_sur - cost_penalty * torch.relu(margin + cost_sur)
+    outer_adam.zero_grad()
+    rule_params = [p for p in meta_optimizer.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(-penalised.mean(), rule_params, allow_unused=True)
+    for p, grad in zip(rule_params, grads, strict=True):
+        p.grad = torch.zeros_like(p) if grad is None else grad
+    grad_norm = float(torch.sqrt(sum((p.grad**2).sum() for p in rule_params)))
+    outer_adam.step()
+    return grad_norm
 
 
 def outer_step(
@@ -168,3 +222,151 @@ def outer_step(
         step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
     new = unflatten_like(flat_concat(detached).detach() + step.detach(), meta_params)
     return new, {k: v.detach() for k, v in info.items()}
+
+
+def check_finite(
+    params: Params, outer_kl: float, meta_optimizer: MetaOptimizer, iteration: int
+) -> None:
+    """Stop with a clear error before a diverged meta-iteration reaches a checkpoint.
+
+    :raises FloatingPointError: the new meta-parameters, the meta-optimizer's parameters
+        or the outer step's KL are not finite.
+    """
+    bad = [name for name, value in params.items() if not torch.isfinite(value).all()]
+    bad += [
+        f"rule.{n}" for n, v in meta_optimizer.named_parameters() if not torch.isfinite(v).all()
+    ]
+    if bad or not math.isfinite(outer_kl):
+        raise FloatingPointError(
+            f"meta-iteration {iteration} diverged: outer_kl={outer_kl}, non-finite: "
+            f"{bad or 'none'}. The checkpoint of the previous iteration is intact; lower "
+            "meta.outer_trust_radius or meta.learned_rule_lr and resume."
+        )
+
+
+def inner_source(
+    setup: MetaSetup, dyna: DynaState | None, tasks: list[CircleTask], real: RealRollouts, seed: int
+) -> InnerDataSource:
+    """The inner loop's data: ``real`` without Dyna, else a small real batch + model."""
+    if dyna is None:
+        return real
+    cfg = setup.cfg
+    env = make_batched_env(cfg.env, tasks, setup.dyna_settings.real_envs_per_task, seed)
+    return DynaRollouts(
+        env, tasks, dyna, setup.dyna_settings, cfg.meta.steps_per_env, setup.adv_cfg,
+        cfg.env.episode_steps,
+    )  # fmt: skip
+
+
+def update_model(
+    setup: MetaSetup, state: MetaState, batches: list[Batch], tasks: list[CircleTask], seed: int
+) -> dict[str, float]:
+    """Log the model's errors on the (unseen) post-adaptation batch, then store the real
+    data and (every ``train_every`` iterations) fit the model."""
+    dyna, settings = state.dyna, setup.dyna_settings
+    if dyna is None:
+        return {}
+    metrics = held_out_errors(dyna.model, batches[-1], tasks) if dyna.ready else {}
+    metrics |= dyna.fit(
+        batches,
+        tasks,
+        torch.Generator().manual_seed(seed),
+        settings.uncertainty_steps,
+        settings.start_pool_size,
+        train=state.iteration % settings.train_every == 0,
+    )
+    metrics["model_disagreement_limit"] = dyna.disagreement_limit
+    return metrics
+
+
+def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, float]]:
+    """One meta-iteration (the seven steps of this module's docstring).
+
+    Every source of randomness is derived from ``(cfg.seed, state.iteration)``, so a run
+    resumed from a checkpoint continues exactly as an uninterrupted one.
+
+    :return: the state after the outer step, and the iteration's metrics row.
+    """
+    cfg, meta_cfg, i, policy = setup.cfg, setup.cfg.meta, state.iteration, setup.policy
+    # 1. tasks and their environments
+    tasks = setup.train_tasks.sample(meta_cfg.tasks_per_iteration, iteration_seed(cfg.seed, i, 0))
+    env = make_batched_env(cfg.env, tasks, meta_cfg.envs_per_task, iteration_seed(cfg.seed, i, 1))
+    post_source = RealRollouts(env, meta_cfg.steps_per_env, setup.adv_cfg, cfg.env.episode_steps)
+    source = inner_source(setup, state.dyna, tasks, post_source, iteration_seed(cfg.seed, i, 1))
+    generator = torch.Generator().manual_seed(iteration_seed(cfg.seed, i, 2))
+    ctx = InnerContext(cost_limit=cfg.env.cost_limit, create_graph=not meta_cfg.first_order)
+    meta = {k: v.detach().requires_grad_() for k, v in state.meta_params.items()}
+    # 2-3. K inner steps and the post-adaptation batch, one input transformation throughout
+    with state.normalizer.frozen_statistics():
+        result = adapt(
+            policy, meta, state.meta_optimizer, source, post_source, state.normalizer,
+            meta_cfg.inner_steps, ctx, generator, seed=iteration_seed(cfg.seed, i, 3),
+        )  # fmt: skip
+        # 4. post-adaptation objectives
+        start = time.perf_counter()
+        post = result.data[-1]
+        reward_sur, cost_sur = meta_objectives(policy, result.adapted, post)
+        margin = constraint_margin(post, cfg.env.cost_limit).to(reward_sur.dtype)
+        # 5. exact meta-gradients (Meta-TRPO's outer step never needs the cost one)
+        learnable = state.outer_adam is not None
+        constrained = setup.constrained_outer_step
+        g = flat_gradient(reward_sur.mean(), meta, retain_graph=constrained or learnable)
+        b = flat_gradient(cost_sur.mean(), meta, retain_graph=learnable) if constrained else None
+        # 6. the learnable meta-optimizer's own step
+        rule_grad_norm = 0.0
+        if learnable:
+            rule_grad_norm = learned_rule_step(
+                state.meta_optimizer, state.outer_adam, reward_sur, cost_sur, margin, post,
+                meta_cfg.cost_penalty,
+            )  # fmt: skip
+        meta_gradient_time = time.perf_counter() - start
+        # 7. outer step on theta_0, with the pre-adaptation Fisher
+        start = time.perf_counter()
+        new_params, info = outer_step(
+            policy, meta, result.data[0], g, b, margin.mean(), meta_cfg.outer_trust_radius,
+            meta_cfg.outer_damping, meta_cfg.outer_cg_iters, meta_cfg.outer_fisher_stride,
+        )  # fmt: skip
+        with torch.no_grad():
+            obs = result.batches[0].obs.reshape(-1, policy.obs_dim)
+            old_mean, old_std = policy.distribution(state.meta_params, obs)
+            new_mean, new_std = policy.distribution(new_params, obs)
+            outer_kl = float(gaussian_kl(old_mean, old_std, new_mean, new_std).mean())
+        check_finite(new_params, outer_kl, state.meta_optimizer, i + 1)
+    for batch in result.batches:
+        state.normalizer.update(batch.raw_obs)
+    outer_time = time.perf_counter() - start
+    start = time.perf_counter()
+    model_metrics = update_model(
+        setup, state, result.batches, tasks, iteration_seed(cfg.seed, i, 4)
+    )
+    model_time = time.perf_counter() - start
+    new_state = MetaState(
+        i + 1, new_params, state.normalizer, state.meta_optimizer, state.outer_adam, state.dyna
+    )
+    pre, post_batch = result.batches[0], result.batches[-1]
+    lam = [m["lambda"].float().mean() for m in result.metrics if "lambda" in m]
+    row = {
+        "iteration": new_state.iteration,
+        "pre_return": float(pre.episode_return.mean()),
+        "pre_cost": float(pre.episode_cost.mean()),
+        "post_return": float(post_batch.episode_return.mean()),
+        "post_cost": float(post_batch.episode_cost.mean()),
+        "post_within_limit": float((post_batch.episode_cost <= cfg.env.cost_limit).float().mean()),
+        "multiplier": float(torch.stack(lam).mean()) if lam else math.nan,
+        "outer_kl": outer_kl,
+        "outer_case": float(info["case"]),
+        "rule_grad_norm": rule_grad_norm,
+        "env_steps": float(sum(b.num_steps for b in result.batches)),
+        "model_steps": float(
+            sum(len(d.obs) for data in result.data for d in data)
+            - sum(b.num_steps for b in result.batches)
+        ),
+        "time_sampling": result.times["sampling"],
+        "time_inner_update": result.times["inner_update"],
+        "time_meta_gradient": meta_gradient_time,
+        "time_outer_step": outer_time,
+        "time_model": model_time,
+        **adaptation_info(result.infos),
+        **model_metrics,
+    }
+    return new_state, row

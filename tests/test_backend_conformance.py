@@ -33,6 +33,7 @@ def test_identical_states_give_identical_reward_cost_and_observation(num_walls: 
         np.testing.assert_allclose(torch_obs[3:], mj_obs[3:], atol=1e-9)
 
 
+@pytest.mark.slow
 def test_batched_mujoco_env_matches_torch_env_interface() -> None:
     tasks = [CircleTask(radius=1.2, wall_distance=0.7), CircleTask(radius=1.4, wall_distance=1.0)]
     mj = MujocoBatchedEnv(tasks, num_envs=2, seed=0, episode_steps=30)

@@ -2,8 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT
+from tiny import TINY
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess:
@@ -19,7 +22,7 @@ def run_trainer(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_config_groups() -> None:
     result = run_trainer("--help")
     assert result.returncode == 0, result.stderr
-    for group in ("env:", "meta_optimizer:", "dyna:", "runtime:"):
+    for group in ("env:", "meta_optimizer:", "dyna:"):
         assert group in result.stdout
 
 
@@ -33,3 +36,52 @@ def test_unknown_option_is_a_clear_error() -> None:
     result = run_trainer("--cfg", "job", "meta_optimizer=does_not_exist")
     assert result.returncode != 0
     assert "does_not_exist" in result.stderr and "cpo_layer" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_trains_evaluates_and_evaluate_runs_on_mujoco(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meta_safe.meta_trainer",
+            *TINY,
+            "meta_optimizer=lagrangian",
+            "meta.iterations=1",
+            f"run_dir={run_dir}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| inner steps | return" in result.stdout
+    for name in ("metrics.csv", "checkpoint.pt", "evaluation.json", "evaluation.png"):
+        assert (run_dir / name).exists(), name
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meta_safe.evaluate",
+            f"checkpoint={run_dir}",
+            "env.backend=mujoco",
+            "tasks=[[2.2,1.3],[2.4,1.4]]",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mujoco backend" in result.stdout
+    assert (run_dir / "evaluation_mujoco.json").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "meta_safe.evaluate", f"checkpoint={tmp_path / 'nope'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert bad.returncode != 0 and "does not exist" in bad.stderr

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from meta_safe.optim import cpo_step as cpo_mod
+from meta_safe.optim.cpo_layer_dual import _dual_layer
 from meta_safe.optim.cpo_step import (
     CASE_ACTIVE,
     CASE_INACTIVE,
@@ -279,7 +280,9 @@ def test_layer_failure_is_detected_by_kkt_checks(monkeypatch):
             batch = gamma.shape[0]
             return torch.ones(batch, dtype=DTYPE), torch.full((batch,), 5.0, dtype=DTYPE)
 
-    monkeypatch.setattr(cpo_mod, "_dual_layer", lambda: WrongLayer())
+    import meta_safe.optim.cpo_layer_dual as layer_dual
+
+    monkeypatch.setattr(layer_dual, "_dual_layer", lambda: WrongLayer())
     g, b, c, _, hinv_g, hinv_b = _batch(["inactive", "active_safe"])
     with pytest.raises(CPOSolverError, match=r"KKT.*task\(s\) \[1\]"):
         cpo_step(g, b, c, hinv_g, hinv_b, DELTA, solver="cvxpylayers")
@@ -289,7 +292,7 @@ def test_layer_is_built_once_and_unknown_solver_rejected():
     g, b, c, _, hinv_g, hinv_b = _batch(["active_safe"])
     for _ in range(2):
         cpo_step(g, b, c, hinv_g, hinv_b, DELTA, solver="cvxpylayers")
-    assert cpo_mod._dual_layer.cache_info().currsize == 1
+    assert _dual_layer.cache_info().currsize == 1
     with pytest.raises(ValueError, match="closed_form.*cvxpylayers"):
         cpo_step(g, b, c, hinv_g, hinv_b, DELTA, solver="scipy")
     with pytest.raises(ValueError, match="valid choices"):

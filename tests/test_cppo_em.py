@@ -33,7 +33,7 @@ from meta_safe.meta_optimizers.cppo_em import (
     CASE_ACTIVE,
     CASE_INACTIVE,
     CASE_INFEASIBLE,
-    CPPOEMUpdate,
+    CPPOEM,
     EStepSolution,
     e_step,
 )
@@ -210,10 +210,10 @@ def test_e_step_gradients_match_finite_differences(
 
 #: ``cg_iters=5`` as for the other rules in ``test_meta_optimizers.py``; ``ratio_min=0.85``
 #: clips some ratios of the tiny problem; ``m_steps=2`` differentiates through a refit.
-RULES: dict[str, Callable[[], CPPOEMUpdate]] = {
-    "default": lambda: CPPOEMUpdate(cg_iters=5),
-    "clipped": lambda: CPPOEMUpdate(cg_iters=5, ratio_min=0.85),
-    "two_m_steps": lambda: CPPOEMUpdate(cg_iters=5, m_steps=2, m_lr=0.8),
+RULES: dict[str, Callable[[], CPPOEM]] = {
+    "default": lambda: CPPOEM(cg_iters=5),
+    "clipped": lambda: CPPOEM(cg_iters=5, ratio_min=0.85),
+    "two_m_steps": lambda: CPPOEM(cg_iters=5, m_steps=2, m_lr=0.8),
 }
 
 
@@ -252,7 +252,9 @@ def test_step_does_not_modify_its_inputs_and_reports_metrics() -> None:
         assert torch.equal(d.log_probs, log_probs)
     for key, value in metrics.items():
         assert value.shape == (NUM_TASKS,) and torch.isfinite(value).all(), key
-    assert (metrics["kl"] > 0).all() and (metrics["kl"] <= 1.1 * rule.trust_radius).all()
+    assert (metrics["kl"] > 0).all() and (
+        metrics["kl"] <= 1.1 * rule.trust_region.trust_radius
+    ).all()
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,7 +289,7 @@ def test_step_improves_reward_and_holds_the_cost_at_the_budget() -> None:
     torch.manual_seed(0)
     policy = GaussianPolicy(obs_dim=3, act_dim=2, hidden=(8,)).to(DTYPE)
     theta = {k: v.requires_grad_() for k, v in policy.init_params().items()}
-    rule = CPPOEMUpdate().to(DTYPE)
+    rule = CPPOEM().to(DTYPE)
     ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
     # Far below the limit (inactive), at the limit (active), 0.3 above it (active, recovers).
     costs = (COST_LIMIT - 100.0, COST_LIMIT, COST_LIMIT + 0.3)
@@ -310,7 +312,7 @@ def test_step_improves_reward_and_holds_the_cost_at_the_budget() -> None:
         assert reward_change > 0.1 * free_reward
         # The fitted policy keeps the surrogate cost near the budget (the fit is inexact).
         assert abs(cost_change - budget) < 0.15 * free_cost, (cost_change, budget)
-    assert (metrics["kl"] <= 1.1 * rule.trust_radius).all()
+    assert (metrics["kl"] <= 1.1 * rule.trust_region.trust_radius).all()
 
 
 def test_m_step_is_capped_at_the_trust_radius() -> None:
@@ -324,10 +326,14 @@ def test_m_step_is_capped_at_the_trust_radius() -> None:
     wide = replace(wide, log_probs=policy.log_prob(theta, wide.obs, wide.actions).detach())
     # The cap is exact for the Fisher the step uses; the KL below is measured on every
     # sample, so the Fisher must be too (a subsampled one estimates it from a few points).
-    rule = CPPOEMUpdate(damping=0.0, fisher_stride=1).to(DTYPE)
+    rule = CPPOEM(damping=0.0, fisher_stride=1).to(DTYPE)
     ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
     _, _, metrics = rule.step(policy, [theta], {}, [wide], ctx)
-    assert 0.5 * rule.trust_radius < metrics["kl"].item() <= 1.1 * rule.trust_radius
+    assert (
+        0.5 * rule.trust_region.trust_radius
+        < metrics["kl"].item()
+        <= 1.1 * rule.trust_region.trust_radius
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,4 +357,4 @@ def test_m_step_is_capped_at_the_trust_radius() -> None:
 )
 def test_invalid_constructor_values_raise(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        CPPOEMUpdate(**kwargs)
+        CPPOEM(**kwargs)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from meta_safe.data_source import (
+from meta_safe.dyna import (
     DynaRollouts,
     DynaSettings,
     DynaState,
@@ -82,7 +82,7 @@ def test_merge_uses_real_episode_statistics_and_keeps_imagined_paths_apart(
     # Changing rewards after the first path end of an env row must not change the
     # advantages before it: GAE does not leak across imagined paths. Values are pinned
     # to zero here: fitted values legitimately couple all samples.
-    import meta_safe.data_source as sources
+    import meta_safe.dyna.source as sources
 
     monkeypatch.setattr(
         sources,
@@ -156,7 +156,7 @@ def test_invalid_dyna_settings_are_clear_errors(field: str, value: float) -> Non
 
 
 def test_complete_episodes_counts_only_whole_imagined_episodes() -> None:
-    from meta_safe.data_source import complete_episodes
+    from meta_safe.dyna import complete_episodes
     from meta_safe.rl.rollout import Batch
 
     # one task, two paths of 4 steps each in a horizon-4 world; path 2 starts mid-episode

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from meta_safe.dyna.model_env import ModelEnv, calibrate_disagreement_limit, model_fraction
+from meta_safe.dyna import DynaState
+from meta_safe.dyna.model_env import ModelEnv, model_fraction
 from meta_safe.dyna.models import (
     EnsembleModel,
     KnownModel,
@@ -206,7 +207,9 @@ def test_collect_with_a_learned_ensemble_and_calibrated_limit() -> None:
     model.add(data)
     metrics = model.train_model(torch.Generator().manual_seed(0))
     assert metrics["model/holdout_mse"] < metrics["model/holdout_mse_start"]
-    limit = calibrate_disagreement_limit(model, data, steps_worth=5.0)
+    limit = 5.0 * DynaState(model, needs_training=True).mean_disagreement(
+        data.states, data.actions, data.context
+    )
     assert 0 < limit < math.inf
     env = ModelEnv(
         model,
@@ -279,24 +282,6 @@ def test_invalid_start_data_and_actions() -> None:
     env.reset()
     with pytest.raises(ValueError, match="action shape"):
         env.step(torch.zeros(2, 3, 2))
-
-
-def test_calibrate_disagreement_limit() -> None:
-    states, accels, _, _ = real_starts()
-    data = Transitions(
-        states=states.reshape(-1, 6),
-        actions=torch.zeros(2, 2),
-        context=context_from_tasks(TASKS),
-        next_states=states.reshape(-1, 6),
-        next_accels=accels.reshape(-1, 2),
-    )
-    assert calibrate_disagreement_limit(ConstantDisagreement(0.2), data) == pytest.approx(1.0)
-    assert calibrate_disagreement_limit(ConstantDisagreement(0.2), data, 2.0) == pytest.approx(0.4)
-    assert calibrate_disagreement_limit(KnownModel(), data) == math.inf
-    with pytest.raises(ValueError, match="steps_worth=0"):
-        calibrate_disagreement_limit(KnownModel(), data, steps_worth=0)
-    with pytest.raises(ValueError, match="transitions is empty"):
-        calibrate_disagreement_limit(KnownModel(), data[:0])
 
 
 def test_model_fraction_is_monotone_and_bounded() -> None:

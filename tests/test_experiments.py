@@ -64,6 +64,7 @@ def test_steps_to_match_interpolates_log_linearly() -> None:
     assert steps_to_match(curve, 15.0) == float("inf")
 
 
+@pytest.mark.slow
 def test_run_variants_runs_a_grid_on_ray(tmp_path: Path) -> None:
     """Two tiny variants as Ray tasks on a local Ray instance; each writes its report."""
     import os
@@ -102,3 +103,20 @@ def test_run_variants_runs_a_grid_on_ray(tmp_path: Path) -> None:
         report = json.loads((tmp_path / name / "seed0" / "evaluation.json").read_text())
         assert len(report["summary"]["mean_return"]) == 2  # before and after 1 step
     assert "2 runs in" in result.stdout
+
+
+def test_results_document_is_generated_from_the_committed_summaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/results.md is exactly what the generator writes, and a missing summary is an
+    error naming the file."""
+    import write_results
+
+    manifest = json.loads((write_results.RESULTS / "manifest.json").read_text())
+    assert write_results.render(manifest) == write_results.OUTPUT.read_text()
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({**manifest, "sections": [{**manifest["sections"][0], "summary": "gone.json"}]})
+    )
+    monkeypatch.setattr(write_results, "RESULTS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="gone.json"):
+        write_results.render(json.loads((tmp_path / "manifest.json").read_text()))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from meta_safe.meta_optimizers.base import kl_hessian_matvec
 from meta_safe.optim.gauss_newton import gaussian_fisher_matvec, mlp_layout
+from meta_safe.optim.natural import kl_hessian_matvec
 from meta_safe.rl.policy import GaussianPolicy
 
 
@@ -78,8 +78,8 @@ def test_layout_refuses_policies_it_cannot_differentiate_analytically() -> None:
 def test_fisher_stride_uses_every_kth_sample_and_rejects_bad_values() -> None:
     from dataclasses import replace
 
-    from meta_safe.meta_optimizers.base import natural_directions
-    from meta_safe.meta_optimizers.trpo import TRPOUpdate
+    from meta_safe.meta_optimizers.trpo import TRPO
+    from meta_safe.optim.natural import natural_directions
     from meta_safe.rl.surrogate import PolicyData
 
     policy, params, obs = perturbed_policy("tanh", seed=3)
@@ -105,4 +105,4 @@ def test_fisher_stride_uses_every_kth_sample_and_rejects_bad_values() -> None:
     assert not torch.allclose(strided[0], full[0])
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match=f"fisher_stride={bad!r} is invalid"):
-            TRPOUpdate(fisher_stride=bad)
+            TRPO(fisher_stride=bad)

@@ -15,16 +15,16 @@ this test pins down. About 30 s per run.
 
 import statistics
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_trainer import CONFIG_DIR
 
-from meta_safe.config import validate
+from meta_safe.config import CONFIG_DIR, validate
 from meta_safe.env_factory import task_distribution
+from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.rl.policy import GaussianPolicy
 from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.single_task import SingleTaskResult, train_single_task
-from meta_safe.trainer import build_rule
 
 ITERATIONS = 30
 ENVS = 32
@@ -43,7 +43,7 @@ def run(overrides: list[str], seed: int) -> SingleTaskResult:
     return train_single_task(
         cfg.env,
         task,
-        build_rule(cfg.meta_optimizer),
+        build_meta_optimizer(cfg.meta_optimizer),
         policy,
         ITERATIONS,
         ENVS,
@@ -58,6 +58,7 @@ def late(values: list[float]) -> float:
     return statistics.mean(values[-10:])
 
 
+@pytest.mark.slow
 def test_cpo_improves_return_and_ends_within_the_cost_limit() -> None:
     runs = [
         run(["meta_optimizer=cpo_layer", "meta_optimizer.overshoot_margin=true"], seed)
@@ -70,6 +71,7 @@ def test_cpo_improves_return_and_ends_within_the_cost_limit() -> None:
     assert max(late_costs) <= 1.2 * COST_LIMIT, late_costs
 
 
+@pytest.mark.slow
 def test_unconstrained_trpo_runs_through_the_walls() -> None:
     """The same budget without a constraint: the limit binds (TRPO's cost is far above it)."""
     result = run(["meta_optimizer=trpo"], seed=0)

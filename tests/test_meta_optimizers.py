@@ -17,18 +17,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    stacked_task_gradients,
-    task_gradients,
-)
-from meta_safe.meta_optimizers.cpo_layer import CPOLayerUpdate
-from meta_safe.meta_optimizers.cppo_em import CPPOEMUpdate
-from meta_safe.meta_optimizers.lagrangian import LagrangianUpdate
-from meta_safe.meta_optimizers.lstm import LSTMUpdate, log_sign_preprocess
-from meta_safe.meta_optimizers.pid import PIDLagrangianUpdate
-from meta_safe.meta_optimizers.trpo import TRPOUpdate
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
+from meta_safe.meta_optimizers.cpo_layer import CPOLayer
+from meta_safe.meta_optimizers.cppo_em import CPPOEM
+from meta_safe.meta_optimizers.gradients import stacked_task_gradients, task_gradients
+from meta_safe.meta_optimizers.lagrangian import Lagrangian
+from meta_safe.meta_optimizers.lstm import LSTMOptimizer, log_sign_preprocess
+from meta_safe.meta_optimizers.pid import PIDLagrangian
+from meta_safe.meta_optimizers.trpo import TRPO
 from meta_safe.optim.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
 from meta_safe.optim.flat_params import flat_concat, unflatten_like
 from meta_safe.rl.policy import GaussianPolicy, Params
@@ -49,21 +45,21 @@ FD_DIRECTIONS = 4
 #: round-off tail (residual ~1e-6 relative), where the iterates, though differentiable,
 #: vary too fast for finite differences at ``FD_EPS``; real policies (P ~ 1e3) stop earlier.
 RULES: dict[str, Callable[[], MetaOptimizer]] = {
-    "cpo_closed_form": lambda: CPOLayerUpdate(solver="closed_form", cg_iters=5),
-    "cpo_cvxpylayers": lambda: CPOLayerUpdate(solver="cvxpylayers", cg_iters=5),
-    "cpo_overshoot": lambda: CPOLayerUpdate(
+    "cpo_closed_form": lambda: CPOLayer(solver="closed_form", cg_iters=5),
+    "cpo_cvxpylayers": lambda: CPOLayer(solver="cvxpylayers", cg_iters=5),
+    "cpo_overshoot": lambda: CPOLayer(
         solver="closed_form", cg_iters=5, overshoot_margin=True, overshoot_decay=0.5
     ),
-    "trpo": lambda: TRPOUpdate(cg_iters=5),
-    "cppo_em": lambda: CPPOEMUpdate(cg_iters=5),
-    "lagrangian": lambda: LagrangianUpdate(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
+    "trpo": lambda: TRPO(cg_iters=5),
+    "cppo_em": lambda: CPPOEM(cg_iters=5),
+    "lagrangian": lambda: Lagrangian(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
     # Larger gains than the defaults so the multiplier visibly moves the policy.
-    "pid": lambda: PIDLagrangianUpdate(k_p=0.5, k_i=0.2, k_d=0.1, lambda_init=1.0, cg_iters=5),
-    "pid_rms": lambda: PIDLagrangianUpdate(
+    "pid": lambda: PIDLagrangian(k_p=0.5, k_i=0.2, k_d=0.1, lambda_init=1.0, cg_iters=5),
+    "pid_rms": lambda: PIDLagrangian(
         k_p=0.5, k_i=0.2, k_d=0.1, eta_reward=0.05, eta_cost=0.05, directions="rms"
     ),
-    "lstm": lambda: LSTMUpdate(hidden_size=8, output_scale=5.0, eta_lambda=0.5, cg_iters=5),
-    "lstm_rms": lambda: LSTMUpdate(
+    "lstm": lambda: LSTMOptimizer(hidden_size=8, output_scale=5.0, eta_lambda=0.5, cg_iters=5),
+    "lstm_rms": lambda: LSTMOptimizer(
         hidden_size=8,
         output_scale=0.05,
         eta_reward=0.05,
@@ -357,8 +353,8 @@ def test_pid_with_natural_directions_and_no_violation_is_one_trpo_step() -> None
     """``eta_R = 1``, ``lambda = 0`` (a safe task): the PID step is exactly TRPO's step of
     KL ``trust_radius``; a violating task's step is ``(TRPO step - lambda eta_C b_hat) /
     (1 + lambda)``."""
-    pid = PIDLagrangianUpdate(eta_reward=1.0, cg_iters=5, fisher_stride=1).to(DTYPE)
-    trpo = TRPOUpdate(cg_iters=5, fisher_stride=1).to(DTYPE)
+    pid = PIDLagrangian(eta_reward=1.0, cg_iters=5, fisher_stride=1).to(DTYPE)
+    trpo = TRPO(cg_iters=5, fisher_stride=1).to(DTYPE)
     problem = make_problem(pid, episode_costs=(COST_LIMIT + 20.0, 0.0))
     data = problem.inner_data[0]
     ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
@@ -412,28 +408,28 @@ def test_step_signs(name: str) -> None:
 @pytest.mark.parametrize(
     ("factory", "match"),
     [
-        (lambda: CPOLayerUpdate(solver="bogus"), "bogus"),
-        (lambda: CPOLayerUpdate(trust_radius=0.0), "trust_radius=0.0"),
-        (lambda: TRPOUpdate(trust_radius=-1.0), "trust_radius=-1.0"),
-        (lambda: LagrangianUpdate(lr_lambda=-0.5), "lr_lambda=-0.5"),
-        (lambda: LagrangianUpdate(lambda_init=-1.0), "lambda_init=-1.0"),
-        (lambda: LagrangianUpdate(trust_radius=0.0), "trust_radius=0.0"),
-        (lambda: LagrangianUpdate(cg_iters=0), "cg_iters=0"),
-        (lambda: PIDLagrangianUpdate(k_p=0.0), "k_p=0.0"),
-        (lambda: PIDLagrangianUpdate(k_i=-1.0), "k_i=-1.0"),
-        (lambda: PIDLagrangianUpdate(k_d=float("nan")), "k_d=nan"),
-        (lambda: PIDLagrangianUpdate(eta_reward=-0.1), "eta_reward=-0.1"),
-        (lambda: PIDLagrangianUpdate(eta_cost=0.0), "eta_cost=0.0"),
-        (lambda: PIDLagrangianUpdate(lambda_init=-2.0), "lambda_init=-2.0"),
-        (lambda: LSTMUpdate(hidden_size=0), "hidden_size=0"),
-        (lambda: LSTMUpdate(output_scale=0.0), "output_scale=0.0"),
-        (lambda: LSTMUpdate(eta_lambda=-1.0), "eta_lambda=-1.0"),
-        (lambda: LSTMUpdate(preprocess_p=0.0), "preprocess_p=0.0"),
-        (lambda: LSTMUpdate(lambda_init=-0.5), "lambda_init=-0.5"),
-        (lambda: PIDLagrangianUpdate(directions="adam"), "directions='adam' is invalid"),
-        (lambda: LSTMUpdate(directions="sgd"), "valid choices are"),
-        (lambda: PIDLagrangianUpdate(trust_radius=0.0), "trust_radius=0.0"),
-        (lambda: LSTMUpdate(fisher_stride=0), "fisher_stride=0"),
+        (lambda: CPOLayer(solver="bogus"), "bogus"),
+        (lambda: CPOLayer(trust_radius=0.0), "trust_radius=0.0"),
+        (lambda: TRPO(trust_radius=-1.0), "trust_radius=-1.0"),
+        (lambda: Lagrangian(lr_lambda=-0.5), "lr_lambda=-0.5"),
+        (lambda: Lagrangian(lambda_init=-1.0), "lambda_init=-1.0"),
+        (lambda: Lagrangian(trust_radius=0.0), "trust_radius=0.0"),
+        (lambda: Lagrangian(cg_iters=0), "cg_iters=0"),
+        (lambda: PIDLagrangian(k_p=0.0), "k_p=0.0"),
+        (lambda: PIDLagrangian(k_i=-1.0), "k_i=-1.0"),
+        (lambda: PIDLagrangian(k_d=float("nan")), "k_d=nan"),
+        (lambda: PIDLagrangian(eta_reward=-0.1), "eta_reward=-0.1"),
+        (lambda: PIDLagrangian(eta_cost=0.0), "eta_cost=0.0"),
+        (lambda: PIDLagrangian(lambda_init=-2.0), "lambda_init=-2.0"),
+        (lambda: LSTMOptimizer(hidden_size=0), "hidden_size=0"),
+        (lambda: LSTMOptimizer(output_scale=0.0), "output_scale=0.0"),
+        (lambda: LSTMOptimizer(eta_lambda=-1.0), "eta_lambda=-1.0"),
+        (lambda: LSTMOptimizer(preprocess_p=0.0), "preprocess_p=0.0"),
+        (lambda: LSTMOptimizer(lambda_init=-0.5), "lambda_init=-0.5"),
+        (lambda: PIDLagrangian(directions="adam"), "directions='adam' is invalid"),
+        (lambda: LSTMOptimizer(directions="sgd"), "valid choices are"),
+        (lambda: PIDLagrangian(trust_radius=0.0), "trust_radius=0.0"),
+        (lambda: LSTMOptimizer(fisher_stride=0), "fisher_stride=0"),
     ],
 )
 def test_invalid_constructor_values_raise(factory: Callable[[], MetaOptimizer], match: str) -> None:
@@ -460,10 +456,8 @@ def test_log_sign_preprocess_is_continuous_and_differentiable_at_zero() -> None:
 def test_overshoot_margin_learns_from_a_cost_rise_the_linear_model_missed() -> None:
     """The batch cost rises by 30 twice while the linear model predicted small changes:
     the measured overshoot becomes a margin that grows with each missed rise."""
-    rule = CPOLayerUpdate(solver="closed_form", overshoot_margin=True, overshoot_decay=0.5).to(
-        DTYPE
-    )
-    plain = CPOLayerUpdate(solver="closed_form").to(DTYPE)
+    rule = CPOLayer(solver="closed_form", overshoot_margin=True, overshoot_decay=0.5).to(DTYPE)
+    plain = CPOLayer(solver="closed_form").to(DTYPE)
     problem = make_problem(rule, episode_costs=(0.0, 0.0))
     ctx = InnerContext(cost_limit=COST_LIMIT, create_graph=False)
     params = [{k: v.requires_grad_() for k, v in dict(problem.theta0).items()}] * 2
@@ -482,4 +476,4 @@ def test_overshoot_margin_learns_from_a_cost_rise_the_linear_model_missed() -> N
         state["previous_cost"], torch.full((2,), COST_LIMIT + 55.0, dtype=torch.float64)
     )
     with pytest.raises(ValueError, match="overshoot_decay=1.0 is invalid"):
-        CPOLayerUpdate(overshoot_margin=True, overshoot_decay=1.0)
+        CPOLayer(overshoot_margin=True, overshoot_decay=1.0)

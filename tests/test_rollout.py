@@ -1,5 +1,6 @@
 """The sampler: shapes, exact episode statistics, per-task policies."""
 
+import pytest
 import torch
 
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer
@@ -16,6 +17,7 @@ def make(episode_steps: int = 20):
     return env, policy
 
 
+@pytest.mark.slow
 def test_batch_shapes_and_exact_episode_statistics() -> None:
     env, policy = make()
     batch = collect(

@@ -5,7 +5,7 @@ counter-clockwise along a circle of radius ``radius`` centred at the origin and
 pays cost 1 per step while ``|x| > wall_distance`` (and ``|y| > wall_distance``
 with four walls). The walls are not observed: the agent must infer the task.
 
-Distributions follow the Meta-CPO reference levels (REFERENCE_NOTES section 1):
+Distributions follow the levels of Meta-CPO's stochastic circle tasks (Cho & Sun 2024):
 
 * ``fixed`` (level 0): radius 1.25, wall scale 0.75.
 * ``meta_train`` (level 1): radius U[1.0, 1.5], wall scale U[0.55, 0.75].
@@ -176,7 +176,7 @@ class TaskDistribution:
         )
 
 
-#: The reference levels (REFERENCE_NOTES section 1); configs/env/*.yaml mirror these.
+#: Meta-CPO's levels 0, 1 and 2; meta_safe's configuration takes its defaults from here.
 REFERENCE_LEVELS: dict[str, dict[str, Any]] = {
     "fixed": {"radius": (1.25, 1.25), "wall_scale": (0.75, 0.75)},
     "meta_train": {"radius": (1.0, 1.5), "wall_scale": (0.55, 0.75)},

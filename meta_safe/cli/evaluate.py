@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from meta_safe.config import validate
-from meta_safe.env_factory import task_distribution
-from meta_safe.evaluation import AdaptationReport, evaluate_adaptation
-from meta_safe.rl.surrogate import AdvantageConfig
-from stochastic_circle.tasks import CircleTask
+from meta_safe.evaluation import evaluate_meta_state
 
 OVERRIDABLE = (
     "env.backend",
@@ -32,41 +28,6 @@ OVERRIDABLE = (
     "evaluation",
     "runtime",
 )
-
-
-def held_out_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:
-    """Explicit ``[[radius, wall_distance], ...]`` or a seeded sample of the eval split."""
-    if explicit:
-        return [
-            CircleTask(
-                robot=cfg.env.robot,
-                radius=float(r),
-                wall_distance=float(w),
-                num_walls=cfg.env.num_walls,
-            )
-            for r, w in explicit
-        ]
-    dist = task_distribution(cfg.env, cfg.evaluation.split)
-    return dist.sample(cfg.evaluation.tasks, seed=cfg.evaluation.seed)
-
-
-def evaluate_trainer(trainer: Any, cfg: DictConfig, explicit: Any = None) -> AdaptationReport:
-    """Evaluate a :class:`meta_safe.trainer.MetaTrainer`'s current state under ``cfg``."""
-    ev = cfg.evaluation
-    return evaluate_adaptation(
-        trainer.policy,
-        trainer.meta_params,
-        trainer.normalizer,
-        trainer.rule,
-        cfg.env,
-        held_out_tasks(cfg, explicit),
-        ev.inner_steps,
-        ev.envs_per_task,
-        ev.steps_per_env,
-        AdvantageConfig(**OmegaConf.to_container(cfg.advantage)),
-        ev.seed,
-        dyna=(trainer.dyna, trainer.dyna_settings) if trainer.dyna is not None else None,
-    )
 
 
 def main(argv: list[str]) -> int:
@@ -103,7 +64,7 @@ def main(argv: list[str]) -> int:
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     trainer = MetaTrainer(cfg, run_dir)
     trainer.load_state_dict(state)
-    report = evaluate_trainer(trainer, cfg, cli.get("tasks"))
+    report = evaluate_meta_state(trainer.setup, trainer.state, cfg, cli.get("tasks"))
     out = Path(str(cli.get("out", run_dir)))
     paths = report.write(out, stem=str(cli.get("stem", f"evaluation_{cfg.env.backend}")))
     print(

@@ -15,20 +15,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from meta_safe.config import validate
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent.parent / "configs")
+from meta_safe.config import CONFIG_DIR, validate
 
 
 def run(cfg: DictConfig, run_dir: str) -> None:
     """Train (or resume), then evaluate on held-out tasks and print the table."""
-    from meta_safe.cli.evaluate import evaluate_trainer
+    from meta_safe.evaluation import evaluate_meta_state
     from meta_safe.trainer import train
 
     trainer = train(cfg, run_dir)
     print(f"run directory: {run_dir}")
     if cfg.evaluate_after:
-        report = evaluate_trainer(trainer, cfg)
+        report = evaluate_meta_state(trainer.setup, trainer.state, cfg)
         report.write(Path(run_dir))
         dyna = cfg.dyna.name if cfg.dyna is not None else "none"
         title = (

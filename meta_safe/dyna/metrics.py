@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from meta_safe.dyna.models import DynamicsModel
+    from meta_safe.dyna.transitions import DynamicsModel
 
 
 def _rmse(error: Tensor) -> float:

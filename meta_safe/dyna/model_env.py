@@ -14,8 +14,8 @@ observation it ended on in :attr:`ModelEnv.final_obs` so GAE bootstraps from the
 of the last imagined state and never leaks across paths. ``terminated`` is always
 False: circle tasks never terminate.
 
-Also here: :func:`calibrate_disagreement_limit` and :func:`model_fraction`, CMBPO's
-rules for how far and how much to trust the model.
+Also here: :func:`model_fraction`, CMBPO's rule for how much to trust the model (the
+disagreement limit is calibrated by :meth:`meta_safe.dyna.state.DynaState.fit`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from meta_safe.dyna.models import (
+from meta_safe.dyna.transitions import (
     ACCEL_DIM,
     ACTION_DIM,
     STATE_DIM,
     DynamicsModel,
-    Transitions,
     context_from_tasks,
 )
 from stochastic_circle.tasks import CircleTask
@@ -44,7 +43,7 @@ from stochastic_circle.torch_backend import (
     wall_cost,
 )
 
-__all__ = ["ModelEnv", "calibrate_disagreement_limit", "model_fraction"]
+__all__ = ["ModelEnv", "model_fraction"]
 
 
 class ModelEnv:
@@ -271,40 +270,6 @@ class ModelEnv:
             "stopped_by_episode_end": self._by_episode / ended if ended else nan,
             "mean_step_disagreement": self._disagreement_sum / self._steps if self._steps else nan,
         }
-
-
-@torch.no_grad()
-def calibrate_disagreement_limit(
-    model: DynamicsModel,
-    transitions: Transitions,
-    steps_worth: float = 5.0,
-    generator: torch.Generator | None = None,
-    chunk: int = 16384,
-) -> float:
-    """Disagreement limit = ``steps_worth`` x the mean one-step disagreement on real data.
-
-    CMBPO calibrates the limit once, after the initial model training, to about five
-    steps' worth of the average disagreement on real states, so a path stops when it has
-    accumulated that much uncertainty. A model with zero disagreement (e.g. the known
-    model) never needs stopping: the limit is ``math.inf``.
-
-    :param transitions: real transitions (only states, actions and context are used).
-    :param steps_worth: multiplier, ``> 0``.
-    """
-    if not (math.isfinite(steps_worth) and steps_worth > 0):
-        raise ValueError(f"steps_worth={steps_worth!r} is invalid: must be a finite number > 0")
-    n = len(transitions)
-    if n == 0:
-        raise ValueError("transitions is empty: give real transitions to calibrate on")
-    total = 0.0
-    for start in range(0, n, chunk):
-        part = transitions[start : start + chunk]
-        pred = model.predict(part.states, part.actions, part.context, generator=generator)
-        total += float(pred.disagreement.double().sum())
-    mean = total / n
-    if not math.isfinite(mean):
-        raise ValueError(f"the model's mean disagreement is {mean}: cannot calibrate a limit")
-    return steps_worth * mean if mean > 0 else math.inf
 
 
 def model_fraction(

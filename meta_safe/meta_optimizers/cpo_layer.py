@@ -13,22 +13,15 @@ import torch
 from torch import Tensor
 
 from meta_safe.meta_optimizers import overshoot_margin as overshoot
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    State,
-    add_flat,
-    check_fisher_stride,
-    constraint_margin,
-    natural_directions,
-    task_gradients,
-)
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, State
+from meta_safe.meta_optimizers.gradients import add_flat, constraint_margin, task_gradients
+from meta_safe.meta_optimizers.trust_region import TrustRegion
 from meta_safe.optim.cpo_step import CASE_INFEASIBLE, SOLVERS, cpo_step
 from meta_safe.rl.policy import GaussianPolicy, Params
 from meta_safe.rl.surrogate import PolicyData, mean_kl, surrogates
 
 
-class CPOLayerUpdate(MetaOptimizer):
+class CPOLayer(MetaOptimizer):
     """:param trust_radius: KL bound ``delta``. :param damping: Fisher damping.
     :param cg_iters: conjugate-gradient iterations. :param solver: one of ``SOLVERS``.
     :param line_search_steps: backtracking steps (0: take the full step). Each candidate
@@ -59,25 +52,17 @@ class CPOLayerUpdate(MetaOptimizer):
         overshoot_decay: float = 0.8,
     ) -> None:
         super().__init__()
-        self.fisher_stride = check_fisher_stride(fisher_stride)
+        self.trust_region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
         if not 0.0 <= overshoot_decay < 1.0:
             raise ValueError(f"overshoot_decay={overshoot_decay} is invalid: must lie in [0, 1)")
         self.overshoot_margin, self.overshoot_decay = bool(overshoot_margin), overshoot_decay
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
-        if trust_radius <= 0:
-            raise ValueError(f"trust_radius={trust_radius} is invalid: must be > 0")
         if line_search_steps < 0:
             raise ValueError(f"line_search_steps={line_search_steps} is invalid: must be >= 0")
         if not 0 < shrink < 1:
             raise ValueError(f"shrink={shrink} is invalid: must lie in (0, 1)")
-        self.line_search_steps, self.shrink = line_search_steps, shrink
-        self.trust_radius, self.damping, self.cg_iters, self.solver = (
-            trust_radius,
-            damping,
-            cg_iters,
-            solver,
-        )
+        self.line_search_steps, self.shrink, self.solver = line_search_steps, shrink, solver
 
     def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
         """The overshoot history (empty without ``overshoot_margin``)."""
@@ -94,16 +79,7 @@ class CPOLayerUpdate(MetaOptimizer):
         gs, bs, hgs, hbs = [], [], [], []
         for p, d in zip(params, data, strict=True):
             g, b = task_gradients(policy, p, d, ctx.create_graph)
-            hg, hb = natural_directions(
-                policy,
-                p,
-                d,
-                [g, b],
-                self.damping,
-                self.cg_iters,
-                ctx.create_graph,
-                self.fisher_stride,
-            )
+            hg, hb = self.trust_region.solve(policy, p, d, [g, b], ctx.create_graph)
             gs.append(g)
             bs.append(b)
             hgs.append(hg)
@@ -121,7 +97,7 @@ class CPOLayerUpdate(MetaOptimizer):
             margin,
             torch.stack(hgs),
             torch.stack(hbs),
-            self.trust_radius,
+            self.trust_region.trust_radius,
             solver=self.solver,
         )
         scales = [
@@ -172,6 +148,6 @@ class CPOLayerUpdate(MetaOptimizer):
                 # While violating, reward may drop to restore the constraint.
                 improves = margin > 0 or bool(reward >= reward_0)
                 accept = bool(cost - cost_0 <= max(0.0, -margin)) and improves
-            if bool(accept) and float(kl) <= 1.5 * self.trust_radius:
+            if bool(accept) and float(kl) <= 1.5 * self.trust_region.trust_radius:
                 return scale
         return 0.0

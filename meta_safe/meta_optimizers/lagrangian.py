@@ -17,28 +17,19 @@ the batch it uses.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    State,
-    add_flat,
-    check_fisher_stride,
-    constraint_margin,
-    natural_directions,
-    primal_dual_direction,
-    task_gradients,
-    trust_region_scale,
-)
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, State
+from meta_safe.meta_optimizers.directions import primal_dual_direction
+from meta_safe.meta_optimizers.gradients import add_flat, constraint_margin, task_gradients
+from meta_safe.meta_optimizers.multipliers import check_non_negative, dual_ascent
+from meta_safe.meta_optimizers.trust_region import TrustRegion
 from meta_safe.rl.policy import GaussianPolicy, Params
 from meta_safe.rl.surrogate import PolicyData
 
 
-class LagrangianUpdate(MetaOptimizer):
+class Lagrangian(MetaOptimizer):
     """:param lr_lambda: multiplier step per unit of violation (``>= 0``).
     :param lambda_init: initial multiplier (``>= 0``). :param trust_radius: KL bound ``delta``.
     :param damping: Fisher damping. :param cg_iters: conjugate-gradient iterations.
@@ -55,19 +46,9 @@ class LagrangianUpdate(MetaOptimizer):
         fisher_stride: int = 5,
     ) -> None:
         super().__init__()
-        if not (math.isfinite(lr_lambda) and lr_lambda >= 0):
-            raise ValueError(f"lr_lambda={lr_lambda} is invalid: must be finite and >= 0")
-        if not (math.isfinite(lambda_init) and lambda_init >= 0):
-            raise ValueError(f"lambda_init={lambda_init} is invalid: must be finite and >= 0")
-        if trust_radius <= 0:
-            raise ValueError(f"trust_radius={trust_radius} is invalid: must be > 0")
-        if damping < 0:
-            raise ValueError(f"damping={damping} is invalid: must be >= 0")
-        if cg_iters < 1:
-            raise ValueError(f"cg_iters={cg_iters} is invalid: must be >= 1")
+        check_non_negative(lr_lambda=lr_lambda, lambda_init=lambda_init)
         self.lr_lambda, self.lambda_init = float(lr_lambda), float(lambda_init)
-        self.trust_radius, self.damping, self.cg_iters = trust_radius, damping, cg_iters
-        self.fisher_stride = check_fisher_stride(fisher_stride)
+        self.trust_region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
 
     def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
         """``lambda [T]`` filled with ``lambda_init``."""
@@ -84,23 +65,13 @@ class LagrangianUpdate(MetaOptimizer):
         dtype = params[0][next(iter(params[0]))].dtype
         violation = constraint_margin(data, ctx.cost_limit).to(dtype)
         # The multiplier is a function of measured costs only: a constant for autograd.
-        lam = (state["lambda"].to(dtype).detach() + self.lr_lambda * violation).clamp_min(0.0)
+        lam = dual_ascent(state["lambda"].to(dtype).detach(), violation, self.lr_lambda)
         new_params, scales = [], []
         for p, d, lam_t in zip(params, data, lam, strict=True):
             g, b = task_gradients(policy, p, d, ctx.create_graph)
             direction = primal_dual_direction(g, b, lam_t)
-            (h_direction,) = natural_directions(
-                policy,
-                p,
-                d,
-                [direction],
-                self.damping,
-                self.cg_iters,
-                ctx.create_graph,
-                self.fisher_stride,
-            )
-            scale = trust_region_scale(direction, h_direction, self.trust_radius)
-            new_params.append(add_flat(p, scale * h_direction))
+            step, scale = self.trust_region.natural_step(policy, p, d, direction, ctx.create_graph)
+            new_params.append(add_flat(p, step))
             scales.append(scale.detach())
         metrics = {"lambda": lam, "violation": violation, "step_scale": torch.stack(scales)}
         return new_params, {"lambda": lam}, metrics

@@ -20,7 +20,7 @@ hidden state ``h_ti`` two heads produce
                          + s * rms_t(g_hat) * (w_o . h_ti + c_o)
 
 ``g_hat, b_hat`` are the step directions of the PID rule (``directions``,
-:class:`~meta_safe.meta_optimizers.base.StepDirections`; by default natural-gradient
+:class:`~meta_safe.meta_optimizers.directions.StepDirections`; by default natural-gradient
 steps of KL ``trust_radius``, so ``eta_R = 1`` is one TRPO step), with the same
 ``1 / (1 + lambda)`` normalisation. The learned correction is measured in units of the
 reward direction's RMS over coordinates, ``rms_t(g_hat)``, so ``s`` is relative to a
@@ -40,17 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    State,
-    StepDirections,
-    add_flat,
-    constraint_margin,
-    primal_dual_direction,
-    stacked_task_gradients,
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, State
+from meta_safe.meta_optimizers.directions import StepDirections, primal_dual_direction
+from meta_safe.meta_optimizers.gradients import add_flat, constraint_margin, stacked_task_gradients
+from meta_safe.meta_optimizers.multipliers import (
+    check_non_negative,
+    check_positive,
+    dual_ascent,
+    positive_parameter,
 )
-from meta_safe.meta_optimizers.pid import inverse_softplus
+from meta_safe.meta_optimizers.trust_region import TrustRegion
 from meta_safe.rl.policy import GaussianPolicy, Params
 from meta_safe.rl.surrogate import PolicyData
 
@@ -68,7 +67,7 @@ def log_sign_preprocess(x: Tensor, p: float) -> Tensor:
     return torch.stack([log_magnitude, sign_or_scaled], dim=-1)
 
 
-class LSTMUpdate(MetaOptimizer):
+class LSTMOptimizer(MetaOptimizer):
     """Learned coordinate-wise LSTM inner step with a learned multiplier update.
 
     :param hidden_size: LSTM hidden units per coordinate.
@@ -87,6 +86,7 @@ class LSTMUpdate(MetaOptimizer):
     """
 
     learnable = True
+    default_outer_lr = 0.003
 
     def __init__(
         self,
@@ -107,22 +107,19 @@ class LSTMUpdate(MetaOptimizer):
         super().__init__()
         if hidden_size < 1:
             raise ValueError(f"hidden_size={hidden_size} is invalid: must be >= 1")
-        positive = {
-            "output_scale": output_scale,
-            "eta_reward": eta_reward,
-            "eta_cost": eta_cost,
-            "eta_lambda": eta_lambda,
-            "preprocess_p": preprocess_p,
-        }
-        for name, value in positive.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value} is invalid: must be finite and > 0")
-        if not (math.isfinite(lambda_init) and lambda_init >= 0):
-            raise ValueError(f"lambda_init={lambda_init} is invalid: must be finite and >= 0")
+        check_positive(
+            output_scale=output_scale,
+            eta_reward=eta_reward,
+            eta_cost=eta_cost,
+            eta_lambda=eta_lambda,
+            preprocess_p=preprocess_p,
+        )
+        check_non_negative(lambda_init=lambda_init)
         self.hidden_size, self.output_scale = int(hidden_size), float(output_scale)
         self.residual, self.lambda_init = bool(residual), float(lambda_init)
         self.preprocess_p = float(preprocess_p)
-        self.directions = StepDirections(directions, trust_radius, damping, cg_iters, fisher_stride)
+        region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
+        self.directions = StepDirections(directions, region)
         self.cell = nn.LSTMCell(NUM_FEATURES, self.hidden_size)
         self.update_head = nn.Linear(self.hidden_size, 1)
         self.multiplier_head = nn.Linear(self.hidden_size, 1)
@@ -131,9 +128,9 @@ class LSTMUpdate(MetaOptimizer):
                 head.weight.mul_(HEAD_INIT_GAIN)
                 head.bias.zero_()
         if self.residual:
-            self.raw_eta_reward = nn.Parameter(torch.tensor(inverse_softplus(eta_reward)))
-            self.raw_eta_cost = nn.Parameter(torch.tensor(inverse_softplus(eta_cost)))
-            self.raw_eta_lambda = nn.Parameter(torch.tensor(inverse_softplus(eta_lambda)))
+            self.raw_eta_reward = positive_parameter(eta_reward)
+            self.raw_eta_cost = positive_parameter(eta_cost)
+            self.raw_eta_lambda = positive_parameter(eta_lambda)
 
     def init_state(
         self, num_tasks: int, dtype: torch.dtype = torch.float32, num_params: int = 0
@@ -203,7 +200,7 @@ class LSTMUpdate(MetaOptimizer):
             eta_reward = F.softplus(self.raw_eta_reward).to(dtype)
             eta_cost = F.softplus(self.raw_eta_cost).to(dtype)
             eta_lambda = F.softplus(self.raw_eta_lambda).to(dtype)
-            new_lam = (lam + eta_lambda * violation + dlam).clamp_min(0.0)
+            new_lam = dual_ascent(lam, violation, eta_lambda, increment=dlam)
             steps = primal_dual_direction(g_hat, b_hat, new_lam, eta_reward, eta_cost) + correction
         else:
             new_lam = (lam + dlam).clamp_min(0.0)

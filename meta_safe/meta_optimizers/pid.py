@@ -9,7 +9,7 @@ form of Stooke et al., section 4, not a velocity form that integrates ``lambda``
     theta'  = theta + (eta_R g_hat - lambda eta_C b_hat) / (1 + lambda)
 
 ``g_hat, b_hat`` are step directions made from the reward and cost surrogate gradients
-(``directions``, :class:`~meta_safe.meta_optimizers.base.StepDirections`): by default
+(``directions``, :class:`~meta_safe.meta_optimizers.directions.StepDirections`): by default
 each is the natural-gradient step of KL ``trust_radius`` along its gradient, so
 ``eta_R = 1`` with ``lambda = 0`` is one TRPO step, and the step sizes are learned in
 units of trust-region steps (``rms``: each gradient divided by its RMS over
@@ -31,35 +31,25 @@ always reacts to the cost measured on the batch it uses.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    State,
-    StepDirections,
-    add_flat,
-    constraint_margin,
-    primal_dual_direction,
-    rms_normalize,
-    stacked_task_gradients,
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, State
+from meta_safe.meta_optimizers.directions import StepDirections, primal_dual_direction
+from meta_safe.meta_optimizers.gradients import add_flat, constraint_margin, stacked_task_gradients
+from meta_safe.meta_optimizers.multipliers import (
+    check_non_negative,
+    check_positive,
+    pid_multiplier,
+    positive_parameter,
 )
+from meta_safe.meta_optimizers.trust_region import TrustRegion
 from meta_safe.rl.policy import GaussianPolicy, Params
 from meta_safe.rl.surrogate import PolicyData
 
-__all__ = ["PIDLagrangianUpdate", "inverse_softplus", "rms_normalize"]
 
-
-def inverse_softplus(x: float) -> float:
-    """``y`` with ``softplus(y) = x`` (``x > 0``), numerically safe for large ``x``."""
-    return x + math.log(-math.expm1(-x))
-
-
-class PIDLagrangianUpdate(MetaOptimizer):
+class PIDLagrangian(MetaOptimizer):
     """PID-Lagrangian inner step; gains and step sizes are learned in the outer loop.
 
     :param k_p: initial proportional gain ``K_P > 0`` (multiplier per unit of violation).
@@ -74,6 +64,7 @@ class PIDLagrangianUpdate(MetaOptimizer):
     """
 
     learnable = True
+    default_outer_lr = 0.03
 
     def __init__(
         self,
@@ -90,19 +81,15 @@ class PIDLagrangianUpdate(MetaOptimizer):
         fisher_stride: int = 5,
     ) -> None:
         super().__init__()
-        gains = {"k_p": k_p, "k_i": k_i, "k_d": k_d, "eta_reward": eta_reward, "eta_cost": eta_cost}
-        for name, value in gains.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value} is invalid: must be finite and > 0")
-        if not (math.isfinite(lambda_init) and lambda_init >= 0):
-            raise ValueError(f"lambda_init={lambda_init} is invalid: must be finite and >= 0")
-        self.directions = StepDirections(directions, trust_radius, damping, cg_iters, fisher_stride)
-        # softplus(raw) = value: gradient steps on raw can never make a gain negative.
-        self.raw_k_p = nn.Parameter(torch.tensor(inverse_softplus(k_p)))
-        self.raw_k_i = nn.Parameter(torch.tensor(inverse_softplus(k_i)))
-        self.raw_k_d = nn.Parameter(torch.tensor(inverse_softplus(k_d)))
-        self.raw_eta_reward = nn.Parameter(torch.tensor(inverse_softplus(eta_reward)))
-        self.raw_eta_cost = nn.Parameter(torch.tensor(inverse_softplus(eta_cost)))
+        check_positive(k_p=k_p, k_i=k_i, k_d=k_d, eta_reward=eta_reward, eta_cost=eta_cost)
+        check_non_negative(lambda_init=lambda_init)
+        region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
+        self.directions = StepDirections(directions, region)
+        self.raw_k_p = positive_parameter(k_p)
+        self.raw_k_i = positive_parameter(k_i)
+        self.raw_k_d = positive_parameter(k_d)
+        self.raw_eta_reward = positive_parameter(eta_reward)
+        self.raw_eta_cost = positive_parameter(eta_cost)
         self.lambda_init = float(lambda_init)
 
     def gains(self) -> dict[str, Tensor]:
@@ -137,14 +124,15 @@ class PIDLagrangianUpdate(MetaOptimizer):
         # v, the integral and v_prev are measurements (constants); gradients reach the
         # gains through lambda and the step, and theta through g_hat, b_hat.
         violation = constraint_margin(data, ctx.cost_limit).to(dtype)  # [T]
-        integral = (state["integral"].to(dtype) + violation).clamp_min(0.0)
-        derivative = violation - state["prev_violation"].to(dtype)
-        lam = (
-            self.lambda_init
-            + gains["k_p"] * violation
-            + gains["k_i"] * integral
-            + gains["k_d"] * derivative
-        ).clamp_min(0.0)
+        lam, integral = pid_multiplier(
+            violation,
+            state["integral"].to(dtype),
+            state["prev_violation"].to(dtype),
+            gains["k_p"],
+            gains["k_i"],
+            gains["k_d"],
+            self.lambda_init,
+        )
         g_hat, b_hat = self.directions(policy, params, data, g, b, ctx.create_graph)
         steps = primal_dual_direction(g_hat, b_hat, lam, gains["eta_reward"], gains["eta_cost"])
         new_params = [add_flat(p, s) for p, s in zip(params, steps, strict=True)]

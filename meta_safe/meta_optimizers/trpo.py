@@ -8,23 +8,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from meta_safe.meta_optimizers.base import (
-    InnerContext,
-    MetaOptimizer,
-    State,
-    add_flat,
-    check_fisher_stride,
-    natural_directions,
-    task_gradients,
-    trust_region_scale,
-)
+from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer, State
+from meta_safe.meta_optimizers.gradients import add_flat, task_gradients
+from meta_safe.meta_optimizers.trust_region import TrustRegion
 from meta_safe.rl.policy import GaussianPolicy, Params
 from meta_safe.rl.surrogate import PolicyData
 
 
-class TRPOUpdate(MetaOptimizer):
-    """:param trust_radius: KL bound. :param damping: Fisher damping. :param cg_iters: CG steps.
+class TRPO(MetaOptimizer):
+    """:param trust_radius: KL bound of each inner step. :param damping: Fisher damping.
+    :param cg_iters: conjugate-gradient iterations.
     :param fisher_stride: the Fisher is averaged over every ``k``-th sample of the batch."""
+
+    ignores_cost = True
 
     def __init__(
         self,
@@ -34,10 +30,7 @@ class TRPOUpdate(MetaOptimizer):
         fisher_stride: int = 5,
     ) -> None:
         super().__init__()
-        if trust_radius <= 0:
-            raise ValueError(f"trust_radius={trust_radius} is invalid: must be > 0")
-        self.trust_radius, self.damping, self.cg_iters = trust_radius, damping, cg_iters
-        self.fisher_stride = check_fisher_stride(fisher_stride)
+        self.trust_region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
 
     def step(
         self,
@@ -50,10 +43,7 @@ class TRPOUpdate(MetaOptimizer):
         new_params, scales = [], []
         for p, d in zip(params, data, strict=True):
             g, _ = task_gradients(policy, p, d, ctx.create_graph)
-            (hg,) = natural_directions(
-                policy, p, d, [g], self.damping, self.cg_iters, ctx.create_graph, self.fisher_stride
-            )
-            scale = trust_region_scale(g, hg, self.trust_radius)
-            new_params.append(add_flat(p, scale * hg))
+            step, scale = self.trust_region.natural_step(policy, p, d, g, ctx.create_graph)
+            new_params.append(add_flat(p, step))
             scales.append(scale.detach())
         return new_params, state, {"step_scale": torch.stack(scales)}

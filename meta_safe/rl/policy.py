@@ -8,7 +8,8 @@ updates produce *new* dicts and never alias or mutate the meta-parameters.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -93,11 +94,6 @@ def gaussian_kl(old_mean: Tensor, old_std: Tensor, mean: Tensor, std: Tensor) ->
     return 0.5 * (var_ratio + ((mean - old_mean) / std).pow(2) - 1.0 - var_ratio.log()).sum(-1)
 
 
-def gaussian_entropy(std: Tensor) -> Tensor:
-    """Entropy of a diagonal Gaussian with standard deviation ``std [act_dim]``."""
-    return (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum(-1)
-
-
 class ObsNormalizer(nn.Module):
     """Running mean/std observation normaliser (Welford), clipped, freezable.
 
@@ -112,6 +108,16 @@ class ObsNormalizer(nn.Module):
         self.register_buffer("var", torch.ones(obs_dim, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.frozen = False
+
+    @contextmanager
+    def frozen_statistics(self) -> Iterator[ObsNormalizer]:
+        """Within the block, collections leave the statistics unchanged (restored on exit,
+        also on an exception)."""
+        previous, self.frozen = self.frozen, True
+        try:
+            yield self
+        finally:
+            self.frozen = previous
 
     @torch.no_grad()
     def update(self, obs: Tensor) -> None:

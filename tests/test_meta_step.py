@@ -1,0 +1,69 @@
+"""One meta-iteration: meta-parameters move, learned rules learn, the outer step's kind."""
+
+from pathlib import Path
+
+import torch
+from tiny import tiny_cfg
+
+from meta_safe.maml import OUTER_CASE_UNCONSTRAINED, init_meta, meta_step
+from meta_safe.optim.cpo_step import CASE_ACTIVE, CASE_INACTIVE, CASE_INFEASIBLE
+
+
+def test_learned_rule_parameters_change_during_training() -> None:
+    setup, state = init_meta(tiny_cfg("meta_optimizer=pid", "meta.iterations=2"))
+    before = {k: v.clone() for k, v in state.meta_optimizer.state_dict().items()}
+    rows = []
+    for _ in range(2):
+        state, row = meta_step(setup, state)
+        rows.append(row)
+    assert all(row["rule_grad_norm"] > 0 for row in rows)
+    after = state.meta_optimizer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_learned_rule_outer_rate_is_the_rules_own_unless_set() -> None:
+    _, pid = init_meta(tiny_cfg("meta_optimizer=pid"))
+    assert pid.outer_adam.param_groups[0]["lr"] == type(pid.meta_optimizer).default_outer_lr
+    _, custom = init_meta(tiny_cfg("meta_optimizer=pid", "meta.learned_rule_lr=0.5"))
+    assert custom.outer_adam.param_groups[0]["lr"] == 0.5
+    _, cpo = init_meta(tiny_cfg("meta_optimizer=cpo_layer"))
+    assert cpo.outer_adam is None
+
+
+def test_meta_parameters_move_and_metrics_are_finite() -> None:
+    setup, state = init_meta(tiny_cfg("meta_optimizer=trpo", "meta.iterations=1"))
+    before = {k: v.clone() for k, v in state.meta_params.items()}
+    new_state, row = meta_step(setup, state)
+    assert new_state.iteration == state.iteration + 1 == 1
+    assert 0 < row["outer_kl"] < 0.05
+    assert any(not torch.equal(before[k], new_state.meta_params[k]) for k in before)
+    for key in ("pre_return", "post_return", "pre_cost", "post_cost", "time_sampling"):
+        assert row[key] == row[key], key  # not NaN
+
+
+def test_meta_trpo_outer_step_ignores_cost(tmp_path: Path) -> None:
+    """``meta.outer_step=auto`` gives the cost-ignoring TRPO rule the unconstrained outer
+    step (KL at the trust radius); forcing ``cpo`` on the same data gives a CPO case and a
+    different step."""
+    cfg = tiny_cfg("meta_optimizer=trpo", "meta.iterations=1")
+    setup, state = init_meta(cfg)
+    assert setup.cfg.meta.outer_step == "trpo"
+    blind, row = meta_step(setup, state)
+    assert row["outer_case"] == OUTER_CASE_UNCONSTRAINED
+    # KL of the natural step is 0.5 x^T H x = delta up to damping (H + 0.1 I <= ...).
+    assert 0.2 * cfg.meta.outer_trust_radius < row["outer_kl"] < 2 * cfg.meta.outer_trust_radius
+    setup_cpo, state_cpo = init_meta(
+        tiny_cfg("meta_optimizer=trpo", "meta.outer_step=cpo", "meta.iterations=1")
+    )
+    constrained, row_cpo = meta_step(setup_cpo, state_cpo)
+    assert row_cpo["outer_case"] in (CASE_INACTIVE, CASE_ACTIVE, CASE_INFEASIBLE)
+    assert row_cpo["pre_return"] == row["pre_return"], "same seed, same data"
+    assert any(
+        not torch.equal(blind.meta_params[k], constrained.meta_params[k]) for k in blind.meta_params
+    )
+
+
+def test_constrained_rules_take_the_cpo_outer_step() -> None:
+    for rule in ("cpo_layer", "lagrangian", "pid", "lstm", "cppo_em"):
+        setup, _ = init_meta(tiny_cfg(f"meta_optimizer={rule}"))
+        assert setup.cfg.meta.outer_step == "cpo", rule

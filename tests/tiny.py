@@ -1,0 +1,46 @@
+"""A tiny but real configuration shared by the tests that train: 2 tasks x 2 envs x
+40-step episodes."""
+
+import csv
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from meta_safe.config import compose_config
+
+TINY = [
+    "meta.tasks_per_iteration=2",
+    "meta.envs_per_task=2",
+    "meta.steps_per_env=40",
+    "env.episode_steps=40",
+    "policy.hidden=[16]",
+    "runtime.progress=false",
+    "evaluation.tasks=2",
+    "evaluation.inner_steps=1",
+    "evaluation.envs_per_task=2",
+    "evaluation.steps_per_env=40",
+]
+
+SMALL_ENSEMBLE = [
+    "dyna=ensemble",
+    "dyna.model.members=3",
+    "dyna.model.elites=2",
+    "dyna.model.hidden=[16]",
+    "dyna.model.max_updates=30",
+    "dyna.model_envs_per_task=2",
+    "dyna.model_steps=10",
+]
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    """The validated configuration of ``configs/`` with ``overrides``."""
+    return compose_config(overrides)
+
+
+def tiny_cfg(*overrides: str) -> DictConfig:
+    return compose_cfg(*TINY, *overrides)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
