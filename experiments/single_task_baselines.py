@@ -6,7 +6,8 @@ Uses the hydra configs (``configs/``), so any override works, e.g.::
         --rules cpo_layer,lagrangian,trpo env.cost_limit=25
 
 Prints (and writes to ``<out>/table.md``) return and cost over the last 10 batches
-and at the end, wall-clock and env steps per second of the whole training loop (mean
+and at the end, the cost over the last 3 batches, the share of updates that left the
+cost above the limit, wall-clock and env steps per second of the whole training loop (mean
 ± standard error over ``--seeds``), and writes the curves to ``--out`` (CSV + PNG).
 """
 
@@ -31,6 +32,12 @@ from meta_safe.single_task import train_single_task
 
 def last_mean(values: list[float], n: int = 10) -> float:
     return statistics.fmean(values[-n:])
+
+
+def above_limit(costs: list[float], limit: float) -> float:
+    """Share of the batches after an update (all but the first) whose cost exceeds ``limit``."""
+    after_updates = costs[1:]
+    return sum(c > limit for c in after_updates) / max(1, len(after_updates))
 
 
 def main() -> None:
@@ -90,9 +97,10 @@ def main() -> None:
         f"{args.iterations} updates x {args.envs * cfg.env.episode_steps} steps, seeds {args.seeds}"
         " (mean ± standard error across seeds)",
         "",
-        "| rule | return, last 10 batches | cost, last 10 batches | final return | final cost "
+        "| rule | return, last 10 batches | cost, last 10 batches | cost, last 3 batches "
+        "| updates above the limit | final return | final cost "
         "| wall-clock per run | env steps/s of the whole loop |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, results in rows:
         seconds = statistics.fmean(r.seconds for r in results)
@@ -100,6 +108,8 @@ def main() -> None:
         lines.append(
             f"| {name} | {mean_se([last_mean(r.returns) for r in results])} "
             f"| {mean_se([last_mean(r.costs) for r in results])} "
+            f"| {mean_se([last_mean(r.costs, 3) for r in results])} "
+            f"| {100 * statistics.fmean(above_limit(r.costs, limit) for r in results):.0f}% "
             f"| {mean_se([r.returns[-1] for r in results])} "
             f"| {mean_se([r.costs[-1] for r in results])} | {seconds:.0f} s | {rate:,.0f} |"
         )

@@ -30,6 +30,10 @@ class AdaptationResult:
     :ivar metrics: per inner step, the meta-optimizer's metrics ``[T]``.
     :ivar times: seconds spent sampling and in inner updates.
     :ivar infos: per collection, the data source's scalars (e.g. model share).
+    :ivar policies: per collection, the detached parameters that collected it, stacked
+        over tasks (each tensor ``[T, ...]``): the policy after ``k`` inner steps.
+    :ivar trajectory: per collection, the per-task parameters that collected it, in the
+        graph (``trajectory[-1]`` is ``adapted``).
     """
 
     adapted: list[Params]
@@ -38,6 +42,8 @@ class AdaptationResult:
     metrics: list[dict[str, Tensor]]
     times: dict[str, float] = field(default_factory=dict)
     infos: list[dict[str, float]] = field(default_factory=list)
+    policies: list[Params] = field(default_factory=list)
+    trajectory: list[list[Params]] = field(default_factory=list)
 
 
 def adapt(
@@ -63,11 +69,13 @@ def adapt(
     num_tasks = source.num_tasks
     params = [dict(meta_params) for _ in range(num_tasks)]
     state = meta_optimizer.init_state(num_tasks, dtype=next(iter(meta_params.values())).dtype)
-    batches, datas, metrics, infos = [], [], [], []
+    batches, datas, metrics, infos, policies, trajectory = [], [], [], [], [], []
     times = {"sampling": 0.0, "inner_update": 0.0}
     for k in range(inner_steps + 1):
         start = time.perf_counter()
         behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+        policies.append(behaviour)
+        trajectory.append(params)
         supplier = post_source if k == inner_steps else source
         inner = supplier.inner_batch(k, policy, behaviour, normalizer, generator, seed + k)
         times["sampling"] += time.perf_counter() - start
@@ -82,7 +90,7 @@ def adapt(
         params, state, step_metrics = meta_optimizer.step(policy, params, state, inner.data, ctx)
         metrics.append(step_metrics)
         times["inner_update"] += time.perf_counter() - start
-    return AdaptationResult(params, batches, datas, metrics, times, infos)
+    return AdaptationResult(params, batches, datas, metrics, times, infos, policies, trajectory)
 
 
 def meta_objectives(

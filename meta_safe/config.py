@@ -32,6 +32,27 @@ OUTER_STEPS = ("auto", "cpo", "trpo")
 """Outer step on ``theta_0``: ``cpo`` constrains the post-adaptation cost, ``trpo`` ignores
 it, ``auto`` picks ``trpo`` for a meta-optimizer that ignores cost and ``cpo`` otherwise."""
 
+OUTER_CONSTRAINTS = ("mean", "worst", "cvar")
+"""How the outer step combines the tasks' post-adaptation cost constraints: their mean,
+the worst task's, or the mean of the costliest ``meta.outer_cvar_fraction`` of them
+(:func:`meta_safe.maml.outer_constraint_weights`)."""
+OUTER_COST_BATCHES = ("post", "pre", "every")
+"""Which costs the outer constraint covers: each task's after adapting, before adapting
+(the meta-policy's own), or after every inner step ``k = 0..K``
+(:func:`meta_safe.maml.constrained_costs`)."""
+
+EVALUATION_POLICIES = ("sample", "mean")
+"""What evaluation measures after each step: the stochastic policy's own batches, or
+separate episodes of its mean action (:mod:`meta_safe.evaluation`)."""
+
+SPLITS = ("fixed", "meta_train", "held_out")
+SPLIT_NAMES = {
+    "fixed": "copies of the fixed task",
+    "meta_train": "unseen tasks from the training ranges",
+    "held_out": "held-out tasks",
+}
+"""The task splits (``env.<split>`` ranges) and how tables name them."""
+
 
 def _range(low: float, high: float) -> Any:
     return field(default_factory=lambda: [low, high])
@@ -98,6 +119,10 @@ class MetaConfig:
     outer_damping: float = 0.1  # Fisher damping of the outer step
     outer_cg_iters: int = 10  # conjugate-gradient iterations of the outer step
     outer_fisher_stride: int = 5  # the outer Fisher is averaged over every k-th sample
+    outer_constraint: str = "mean"  # mean | worst | cvar: how the outer step combines tasks' costs
+    outer_cost_batches: str = "post"  # post | pre | every: whose costs the outer step constrains
+    outer_cvar_fraction: float = 0.5  # cvar: share of tasks (the costliest) the constraint averages
+    outer_cost_margin: float = 0.0  # the outer step targets J_C <= d - margin after adapting
     cost_penalty: float = 1.0  # mu in J_R - mu max(0, J_C - d) (per episode), learnable rules
     learned_rule_lr: float | None = None  # outer Adam rate of a learnable rule; null: its own
 
@@ -112,6 +137,9 @@ class EvaluationConfig:
     steps_per_env: int = 500  # steps per env per collection
     seed: int = 10_000  # seed of task sampling and rollouts
     split: str = "held_out"  # fixed | meta_train | held_out
+    also_splits: list[str] = field(default_factory=lambda: ["meta_train"])  # after training too
+    policy: str = "sample"  # sample: the adaptation batches | mean: extra mean-action episodes
+    cost_discount: float = 1.0  # reported episode cost sum_t gamma^t c_t (reference: 0.99)
 
 
 @dataclass
@@ -161,10 +189,13 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "env.robot": ("point", "car"),
     "env.num_walls": (2, 4),
     "policy.activation": ("tanh", "relu", "elu"),
-    "evaluation.split": ("fixed", "meta_train", "held_out"),
+    "evaluation.split": SPLITS,
+    "evaluation.policy": EVALUATION_POLICIES,
     "runtime.device": ("cpu",),
     "critic.cost": ("linear", "mlp"),
     "meta.outer_step": OUTER_STEPS,
+    "meta.outer_constraint": OUTER_CONSTRAINTS,
+    "meta.outer_cost_batches": OUTER_COST_BATCHES,
 }
 POSITIVE: tuple[str, ...] = (
     "env.episode_steps",
@@ -184,7 +215,12 @@ POSITIVE: tuple[str, ...] = (
     "critic.epochs",
     "critic.minibatch",
 )
-NON_NEGATIVE: tuple[str, ...] = ("meta.inner_steps", "evaluation.inner_steps", "env.cost_limit")
+NON_NEGATIVE: tuple[str, ...] = (
+    "meta.inner_steps",
+    "evaluation.inner_steps",
+    "env.cost_limit",
+    "meta.outer_cost_margin",
+)
 
 LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_lr": None}
 """Keys older configs kept in the ``meta_optimizer`` group, and where they live now
@@ -260,6 +296,17 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value < 0:
             raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
+    discount = merged.evaluation.cost_discount
+    if not 0 < discount <= 1:
+        raise ValueError(f"evaluation.cost_discount={discount!r} is invalid: must lie in (0, 1]")
+    for split in merged.evaluation.also_splits:
+        if split not in SPLITS:
+            raise ValueError(
+                f"evaluation.also_splits contains {split!r}: valid splits are {list(SPLITS)}"
+            )
+    fraction = merged.meta.outer_cvar_fraction
+    if not 0 < fraction <= 1:
+        raise ValueError(f"meta.outer_cvar_fraction={fraction!r} is invalid: must lie in (0, 1]")
     lr = merged.meta.learned_rule_lr
     if lr is not None and not lr > 0:
         raise ValueError(f"meta.learned_rule_lr={lr!r} is invalid: must be > 0 (or null)")

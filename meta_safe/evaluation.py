@@ -1,8 +1,11 @@
 """Held-out adaptation: adapt the meta-policy on unseen tasks and measure every step.
 
-For each task and each ``k = 0..K`` (``k = 0``: before adapting) the mean
-undiscounted episode return and cost of the batch collected with the policy after
-``k`` inner steps, and whether that cost is within the limit.
+For each task and each ``k = 0..K`` (``k = 0``: before adapting) the mean episode
+return and cost of the policy after ``k`` inner steps, and whether that cost is within
+the limit. By default (``evaluation.policy=sample``) these are measured on the batch the
+stochastic policy collects for its next update. ``evaluation.policy=mean`` measures
+separate episodes of the mean action instead (used for nothing else), and
+``evaluation.cost_discount < 1`` reports discounted episode costs.
 """
 
 from __future__ import annotations
@@ -17,14 +20,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from meta_safe.adaptation import adapt
+from meta_safe.config import EVALUATION_POLICIES
 from meta_safe.data_source import InnerDataSource, RealRollouts
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
 from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.maml import MetaSetup, MetaState
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
+from meta_safe.rl.rollout import Batch, collect, discounted_episode_cost
 from meta_safe.rl.surrogate import AdvantageConfig
 from stochastic_circle.tasks import CircleTask
+
+MEAN_POLICY_SEED_OFFSET = 7919
+"""Mean-action episodes use env seed ``evaluation.seed + offset``: start states of their
+own, apart from the adaptation batches'."""
 
 
 @dataclass
@@ -128,13 +137,20 @@ def evaluate_adaptation(
     adv_cfg: AdvantageConfig,
     seed: int,
     dyna: tuple[DynaState, DynaSettings] | None = None,
+    measure: str = "sample",
+    cost_discount: float = 1.0,
 ) -> AdaptationReport:
     """Adapt on ``tasks`` (all at once, first order: no meta-gradient is needed).
 
     :param dyna: the meta-trained model and settings: inner steps then use a small real
         batch plus model rollouts (the model is not retrained on held-out data); the
         report's real steps per update count the real part only.
+    :param measure: ``sample``: report the batches adaptation collects; ``mean``: after
+        each step, run ``envs_per_task`` extra episodes-worth of the mean action.
+    :param cost_discount: ``gamma`` of the reported episode cost ``sum_t gamma^t c_t``.
     """
+    if measure not in EVALUATION_POLICIES:
+        raise ValueError(f"measure={measure!r} is unknown: valid are {EVALUATION_POLICIES}")
     env = make_batched_env(env_cfg, tasks, envs_per_task, seed)
     post_source = RealRollouts(env, steps_per_env, adv_cfg, env_cfg.episode_steps)
     source: InnerDataSource = post_source
@@ -158,8 +174,18 @@ def evaluate_adaptation(
             torch.Generator().manual_seed(seed),
             seed=seed + 1,
         )
-    returns = torch.stack([b.episode_return for b in result.batches], 1).tolist()
-    costs = torch.stack([b.episode_cost for b in result.batches], 1).tolist()
+    measured: list[Batch] = result.batches
+    if measure == "mean":
+        eval_env = make_batched_env(env_cfg, tasks, envs_per_task, seed + MEAN_POLICY_SEED_OFFSET)
+        generator = torch.Generator().manual_seed(seed)
+        with normalizer.frozen_statistics():
+            measured = [
+                collect(eval_env, policy, p, normalizer, steps_per_env, generator, True,
+                        seed=seed + MEAN_POLICY_SEED_OFFSET, deterministic=True)
+                for p in result.policies
+            ]  # fmt: skip
+    returns = torch.stack([b.episode_return for b in measured], 1).tolist()
+    costs = torch.stack([discounted_episode_cost(b, cost_discount) for b in measured], 1).tolist()
     return AdaptationReport(
         tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks)
     )
@@ -199,4 +225,6 @@ def evaluate_meta_state(
         AdvantageConfig(**OmegaConf.to_container(cfg.advantage)),
         ev.seed,
         dyna=(state.dyna, setup.dyna_settings) if state.dyna is not None else None,
+        measure=ev.policy,
+        cost_discount=ev.cost_discount,
     )

@@ -8,13 +8,16 @@ One meta-iteration, :func:`meta_step`, top to bottom:
 3. collect the post-adaptation batch;
 4. meta-objective per task: reward surrogate ``L_R`` and cost surrogate ``L_C`` of
    the adapted policy on post-adaptation data, constraint margin ``c = J_C - d``;
-5. exact meta-gradients ``g = d mean(L_R) / d theta_0`` and ``b = d mean(L_C) / d theta_0``
+5. exact meta-gradients ``g = d mean(L_R) / d theta_0`` and ``b = d sum_t w_t L_C,t / d theta_0``
    through all K inner steps (``torch.autograd`` on the inner graph);
 6. learnable meta-optimizers: one Adam step on their own parameters for
    ``-(mean s L_R - mu * mean max(0, c + L_C))``, with ``s = PolicyData.reward_scale``
    putting the normalised reward surrogate in per-episode units like ``L_C``;
 7. outer step on ``theta_0`` with the Fisher of the *pre-adaptation* policy: the CPO step
-   under the linearised post-adaptation cost constraint, or, for a meta-optimizer that
+   under the linearised cost constraint: the post-adaptation cost (or, with
+   ``meta.outer_cost_batches``, the meta-policy's own or that of every step) of the
+   tasks combined by ``meta.outer_constraint`` (their mean, the worst, or a CVaR) and
+   tightened by ``meta.outer_cost_margin``; or, for a meta-optimizer that
    ignores cost (Meta-TRPO), the unconstrained natural-gradient step; then the checks
    that the new state is finite, the normaliser update and (Dyna) the model fit.
 
@@ -33,7 +36,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from meta_safe.adaptation import adapt, meta_objectives
+from meta_safe.adaptation import AdaptationResult, adapt, meta_objectives
+from meta_safe.config import OUTER_CONSTRAINTS, OUTER_COST_BATCHES
 from meta_safe.data_source import InnerDataSource, RealRollouts, adaptation_info
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState, build_dyna, held_out_errors
 from meta_safe.env_factory import make_batched_env, task_distribution
@@ -176,6 +180,94 @@ def learned_rule_step(
     return grad_norm
 
 
+def outer_constraint_weights(margin: Tensor, aggregate: str, cvar_fraction: float) -> Tensor:
+    """Weights ``w [T]`` (summing to 1) that turn per-task post-adaptation constraints
+    into the outer step's one constraint ``sum_t w_t (J_C,t - d + b_t^T x) <= 0``.
+
+    ``mean``: ``1 / T`` each (the cost averaged over tasks). ``worst``: all weight on the
+    task whose measured margin ``J_C,t - d`` is largest. ``cvar``: equal weight on the
+    ``ceil(cvar_fraction * T)`` tasks with the largest margins (the conditional value at
+    risk of the per-task cost). Ties go to the lower task index.
+
+    :param margin: ``[T]`` measured ``J_C,t - d`` (only its order matters, no gradient).
+    """
+    num_tasks = margin.shape[0]
+    if aggregate == "mean":
+        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=margin.dtype)
+    if aggregate == "worst":
+        count = 1
+    elif aggregate == "cvar":
+        count = max(1, math.ceil(cvar_fraction * num_tasks - 1e-9))
+    else:
+        raise ValueError(f"outer constraint {aggregate!r} is unknown: valid {OUTER_CONSTRAINTS}")
+    order = torch.sort(margin.detach(), descending=True, stable=True).indices[:count]
+    weights = torch.zeros(num_tasks, dtype=margin.dtype)
+    weights[order] = 1.0 / count
+    return weights
+
+
+def constrained_costs(
+    policy: GaussianPolicy,
+    result: AdaptationResult,
+    post_cost_sur: Tensor,
+    post_margin: Tensor,
+    batches: str,
+    cost_limit: float,
+) -> tuple[Tensor, Tensor]:
+    """The cost surrogates and measured margins the outer constraint covers.
+
+    ``post``: each task's post-adaptation cost (``[T]``). ``pre``: each task's cost of
+    the meta-policy itself, before adapting (``[T]``; a plain policy gradient).
+    ``every``: every collection ``k = 0..K`` of every task (``[(K + 1) T]``), each the
+    surrogate of the policy after ``k`` steps on its own batch.
+
+    :param post_cost_sur, post_margin: ``[T]`` the post-adaptation ones (reused).
+    """
+    if batches == "post":
+        return post_cost_sur, post_margin
+    if batches not in OUTER_COST_BATCHES:
+        raise ValueError(f"outer cost batches {batches!r} unknown: valid {OUTER_COST_BATCHES}")
+    last = len(result.data) - 1
+    steps = [0] if batches == "pre" else range(last + 1)
+    costs, margins = [], []
+    for k in steps:
+        if k == last:
+            costs.append(post_cost_sur)
+            margins.append(post_margin)
+            continue
+        _, cost_k = meta_objectives(policy, result.trajectory[k], result.data[k])
+        costs.append(cost_k)
+        margins.append(constraint_margin(result.data[k], cost_limit).to(post_margin.dtype))
+    return torch.cat(costs), torch.cat(margins)
+
+
+def outer_cost_constraint(
+    cost_sur: Tensor,
+    margin: Tensor,
+    meta_params: Params,
+    aggregate: str,
+    cvar_fraction: float,
+    cost_margin: float,
+    retain_graph: bool,
+) -> tuple[Tensor, Tensor]:
+    """The outer step's linearised cost constraint ``b^T x + c <= 0`` on ``theta_0``.
+
+    ``b = d sum_t w_t L_C,t / d theta_0`` and ``c = sum_t w_t (J_C,t - d) + cost_margin``
+    with the weights of :func:`outer_constraint_weights` (``mean``: the gradient of
+    ``mean(L_C)`` and the mean margin, exactly as without weights).
+
+    :param cost_sur, margin: ``[T]`` post-adaptation cost surrogates (in the graph of
+        ``meta_params``) and measured margins ``J_C,t - d``.
+    :return: ``(b [P], c [])``.
+    """
+    if aggregate == "mean":
+        b = flat_gradient(cost_sur.mean(), meta_params, retain_graph=retain_graph)
+        return b, margin.mean() + cost_margin
+    weights = outer_constraint_weights(margin, aggregate, cvar_fraction).to(cost_sur.dtype)
+    b = flat_gradient((weights * cost_sur).sum(), meta_params, retain_graph=retain_graph)
+    return b, (weights * margin).sum() + cost_margin
+
+
 def outer_step(
     policy: GaussianPolicy,
     meta_params: Params,
@@ -196,7 +288,8 @@ def outer_step(
     ``case = OUTER_CASE_UNCONSTRAINED``.
 
     :param g, b: ``[P]`` meta-gradients of the mean reward and cost surrogates.
-    :param margin: ``[]`` mean post-adaptation ``J_C - d`` over tasks (unused when ``b=None``).
+    :param margin: ``[]`` the combined post-adaptation ``J_C - d`` (plus the outer cost
+        margin) that ``b`` linearises (unused when ``b=None``).
     """
     detached = {k: v.detach().requires_grad_() for k, v in meta_params.items()}
     merged = PolicyData(
@@ -311,7 +404,15 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         learnable = state.outer_adam is not None
         constrained = setup.constrained_outer_step
         g = flat_gradient(reward_sur.mean(), meta, retain_graph=constrained or learnable)
-        b = flat_gradient(cost_sur.mean(), meta, retain_graph=learnable) if constrained else None
+        b, outer_margin = None, margin.mean()
+        if constrained:
+            costs, margins = constrained_costs(
+                policy, result, cost_sur, margin, meta_cfg.outer_cost_batches, cfg.env.cost_limit
+            )
+            b, outer_margin = outer_cost_constraint(
+                costs, margins, meta, meta_cfg.outer_constraint,
+                meta_cfg.outer_cvar_fraction, meta_cfg.outer_cost_margin, retain_graph=learnable,
+            )  # fmt: skip
         # 6. the learnable meta-optimizer's own step
         rule_grad_norm = 0.0
         if learnable:
@@ -323,7 +424,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         # 7. outer step on theta_0, with the pre-adaptation Fisher
         start = time.perf_counter()
         new_params, info = outer_step(
-            policy, meta, result.data[0], g, b, margin.mean(), meta_cfg.outer_trust_radius,
+            policy, meta, result.data[0], g, b, outer_margin, meta_cfg.outer_trust_radius,
             meta_cfg.outer_damping, meta_cfg.outer_cg_iters, meta_cfg.outer_fisher_stride,
         )  # fmt: skip
         with torch.no_grad():
@@ -352,6 +453,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         "post_return": float(post_batch.episode_return.mean()),
         "post_cost": float(post_batch.episode_cost.mean()),
         "post_within_limit": float((post_batch.episode_cost <= cfg.env.cost_limit).float().mean()),
+        "post_worst_cost": float(post_batch.episode_cost.max()),
         "multiplier": float(torch.stack(lam).mean()) if lam else math.nan,
         "outer_kl": outer_kl,
         "outer_case": float(info["case"]),

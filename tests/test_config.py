@@ -29,6 +29,17 @@ from meta_safe.config import CONFIG_DIR, TrainConfig, migrate, validate
         ),
         ("runtime.device=cuda", "runtime.device='cuda' is invalid: valid choices are ['cpu']"),
         ("meta.learned_rule_lr=-1", "meta.learned_rule_lr=-1.0 is invalid: must be > 0"),
+        (
+            "meta.outer_constraint=max",
+            "meta.outer_constraint='max' is invalid: valid choices are ['mean', 'worst', 'cvar']",
+        ),
+        ("meta.outer_cvar_fraction=0", "meta.outer_cvar_fraction=0.0 is invalid: must lie in"),
+        ("meta.outer_cost_margin=-1", "meta.outer_cost_margin=-1.0 is invalid: must be >= 0"),
+        ("evaluation.cost_discount=1.5", "evaluation.cost_discount=1.5 is invalid: must lie in"),
+        (
+            "evaluation.policy=greedy",
+            "evaluation.policy='greedy' is invalid: valid choices are ['sample', 'mean']",
+        ),
     ],
 )
 def test_invalid_values_are_clear_errors(override: str, message: str) -> None:

@@ -163,6 +163,7 @@ def collect(
     generator: torch.Generator,
     per_task: bool = False,
     seed: int | None = None,
+    deterministic: bool = False,
 ) -> Batch:
     """Run the policy for ``steps`` steps in every env of ``env`` and return the batch.
 
@@ -170,6 +171,8 @@ def collect(
     :param normalizer: observation normaliser; updated from raw observations unless frozen.
     :param generator: action-noise generator (reproducibility).
     :param seed: reseeds the env's start states when given.
+    :param deterministic: act with the policy's mean (no noise; log-probs still those of
+        the Gaussian), as evaluation protocols that report the mean policy do.
     """
     if steps < 1:
         raise ValueError(f"steps={steps} is invalid: must be >= 1")
@@ -201,6 +204,8 @@ def collect(
     std = _std(params, per_task, action_dtype)
     # All action noise in one draw: one generator call per batch, not per step.
     noise = torch.randn((steps, T, E, policy.act_dim), generator=generator, dtype=action_dtype)
+    if deterministic:
+        noise.zero_()
     raw_obs_seen, means_seen = [raw_obs], []
     for step in range(steps):
         obs = normalizer(raw_obs)
@@ -248,3 +253,15 @@ def collect(
         episode_cost=torch.where(episodes > 0, sum_cost / count, nan),
         episodes=episodes,
     )
+
+
+def discounted_episode_cost(batch: Batch, discount: float) -> Tensor:
+    """Mean over completed episodes of ``sum_t discount^t c_t`` (``t`` from each episode's
+    start), per task ``[T]`` float64; NaN where no episode completed. ``discount=1``
+    gives ``batch.episode_cost``."""
+    weights = torch.as_tensor(discount, dtype=torch.float64) ** batch.timestep.double()
+    sums, episodes = completed_episode_sums(
+        batch.costs.double() * weights, batch.terminated | batch.truncated
+    )
+    nan = torch.full_like(sums, float("nan"))
+    return torch.where(episodes > 0, sums / episodes.clamp_min(1).double(), nan)
