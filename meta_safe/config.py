@@ -123,6 +123,8 @@ class MetaConfig:
     outer_cost_batches: str = "post"  # post | pre | every: whose costs the outer step constrains
     outer_cvar_fraction: float = 0.5  # cvar: share of tasks (the costliest) the constraint averages
     outer_cost_margin: float = 0.0  # the outer step targets J_C <= d - margin after adapting
+    outer_line_search_steps: int = 0  # >0: backtrack the outer step on measured meta-policy cost
+    outer_line_search_shrink: float = 0.5  # backtracking factor of that line search
     cost_penalty: float = 1.0  # mu in J_R - mu max(0, J_C - d) (per episode), learnable rules
     learned_rule_lr: float | None = None  # outer Adam rate of a learnable rule; null: its own
 
@@ -220,6 +222,7 @@ NON_NEGATIVE: tuple[str, ...] = (
     "evaluation.inner_steps",
     "env.cost_limit",
     "meta.outer_cost_margin",
+    "meta.outer_line_search_steps",
 )
 
 LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_lr": None}
@@ -296,6 +299,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value < 0:
             raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
+    shrink = merged.meta.outer_line_search_shrink
+    if not 0 < shrink < 1:
+        raise ValueError(f"meta.outer_line_search_shrink={shrink!r} is invalid: must lie in (0, 1)")
     discount = merged.evaluation.cost_discount
     if not 0 < discount <= 1:
         raise ValueError(f"evaluation.cost_discount={discount!r} is invalid: must lie in (0, 1]")

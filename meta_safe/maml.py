@@ -48,7 +48,7 @@ from meta_safe.optim.cpo_step import cpo_step
 from meta_safe.optim.flat_params import flat_concat, unflatten_like
 from meta_safe.optim.natural import natural_directions, trust_region_scale
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
-from meta_safe.rl.rollout import Batch
+from meta_safe.rl.rollout import Batch, collect
 from meta_safe.rl.surrogate import AdvantageConfig, PolicyData
 from stochastic_circle.tasks import CircleTask, TaskDistribution
 
@@ -317,6 +317,56 @@ def outer_step(
     return new, {k: v.detach() for k, v in info.items()}
 
 
+def measured_line_search(
+    policy: GaussianPolicy,
+    old_params: Params,
+    new_params: Params,
+    env: Any,
+    normalizer: ObsNormalizer,
+    current_costs: Tensor,
+    cost_limit: float,
+    aggregate: str,
+    cvar_fraction: float,
+    cost_margin: float,
+    steps: int,
+    shrink: float,
+    steps_per_env: int,
+    seed: int,
+) -> tuple[Params, float, int]:
+    """Backtrack the outer step on the *measured* cost of the meta-policy.
+
+    Candidates ``theta_0 + shrink^j (theta_new - theta_0)``, ``j = 0..steps-1``, each
+    run on the iteration's tasks (one batch, the same start states and action noise for
+    every candidate). The first whose tasks' costs, combined as by
+    :func:`outer_constraint_weights`, are within ``d - cost_margin``, or (when the
+    current meta-policy violates that) no higher than the current ones, is taken; if
+    none is, ``theta_0`` is kept.
+
+    :param current_costs: ``[T]`` the current meta-policy's episode costs.
+    :return: the parameters, the scale taken (``0``: rejected) and the env steps used.
+    """
+
+    def combined(costs: Tensor) -> float:
+        margin = costs.double() - cost_limit
+        weights = outer_constraint_weights(margin, aggregate, cvar_fraction).double()
+        return float((weights * margin).sum()) + cost_margin
+
+    current = combined(current_costs)
+    old = flat_concat(old_params).detach()
+    step = flat_concat(new_params).detach() - old
+    used = 0
+    for j in range(steps):
+        scale = shrink**j
+        candidate = unflatten_like(old + scale * step, old_params)
+        generator = torch.Generator().manual_seed(seed)
+        batch = collect(env, policy, candidate, normalizer, steps_per_env, generator, seed=seed)
+        used += batch.num_steps
+        measured = combined(batch.episode_cost)
+        if measured <= 0.0 or (current > 0.0 and measured <= current):
+            return candidate, scale, used
+    return {k: v.detach() for k, v in old_params.items()}, 0.0, used
+
+
 def check_finite(
     params: Params, outer_kl: float, meta_optimizer: MetaOptimizer, iteration: int
 ) -> None:
@@ -433,6 +483,15 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
             new_mean, new_std = policy.distribution(new_params, obs)
             outer_kl = float(gaussian_kl(old_mean, old_std, new_mean, new_std).mean())
         check_finite(new_params, outer_kl, state.meta_optimizer, i + 1)
+        outer_scale, search_steps = 1.0, 0
+        if meta_cfg.outer_line_search_steps > 0:
+            new_params, outer_scale, search_steps = measured_line_search(
+                policy, state.meta_params, new_params, env, state.normalizer,
+                result.batches[0].episode_cost, cfg.env.cost_limit, meta_cfg.outer_constraint,
+                meta_cfg.outer_cvar_fraction, meta_cfg.outer_cost_margin,
+                meta_cfg.outer_line_search_steps, meta_cfg.outer_line_search_shrink,
+                meta_cfg.steps_per_env, iteration_seed(cfg.seed, i, 5),
+            )  # fmt: skip
     for batch in result.batches:
         state.normalizer.update(batch.raw_obs)
     outer_time = time.perf_counter() - start
@@ -458,7 +517,8 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         "outer_kl": outer_kl,
         "outer_case": float(info["case"]),
         "rule_grad_norm": rule_grad_norm,
-        "env_steps": float(sum(b.num_steps for b in result.batches)),
+        "outer_step_scale": outer_scale,
+        "env_steps": float(sum(b.num_steps for b in result.batches) + search_steps),
         "model_steps": float(
             sum(len(d.obs) for data in result.data for d in data)
             - sum(b.num_steps for b in result.batches)

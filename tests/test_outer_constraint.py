@@ -122,3 +122,47 @@ def test_constrained_costs_cover_the_chosen_batches() -> None:
     middle = surrogates(policy, result.trajectory[1][1], result.data[1][1])[1]
     assert torch.allclose(costs[3], middle)
     assert torch.equal(costs[4:], post_cost)
+
+
+def test_measured_line_search_backtracks_on_the_measured_cost() -> None:
+    """The outer step's measured line search takes the first candidate whose measured
+    cost is within the limit, and keeps theta_0 when none is."""
+    from meta_safe.env_factory import make_batched_env, task_distribution
+    from meta_safe.maml import measured_line_search
+    from meta_safe.optim.flat_params import flat_concat
+    from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer
+    from meta_safe.rl.rollout import collect
+    from tests.tiny import compose_cfg
+
+    cfg = compose_cfg("env.episode_steps=200")
+    tasks = task_distribution(cfg.env, "meta_train").sample(2, seed=0)
+    env = make_batched_env(cfg.env, tasks, 2, seed=0)
+    torch.manual_seed(0)
+    policy = GaussianPolicy(env.obs_dim, 2, [8], "tanh", -1.0)
+    old = policy.init_params()
+    bias = [k for k in old if k.endswith("bias")][-1]
+    new = dict(old)
+    new[bias] = old[bias] + torch.tensor([0.2, 0.0])  # drives the robot through a wall
+    normalizer = ObsNormalizer(env.obs_dim)
+    normalizer.frozen = True
+
+    def cost_of(scale: float) -> torch.Tensor:
+        params = {k: old[k] + scale * (new[k] - old[k]) for k in old}
+        batch = collect(env, policy, params, normalizer, 200, torch.Generator().manual_seed(7),
+                        seed=7)  # fmt: skip
+        return batch.episode_cost
+
+    full, half = float(cost_of(1.0).max()), float(cost_of(0.5).max())
+    assert full > half
+    zeros = torch.zeros(2)
+    args = (env, normalizer, zeros)
+    tail = ("worst", 0.5, 0.0, 3, 0.5, 200, 7)
+    kept, scale, used = measured_line_search(policy, old, new, *args, full + 1, *tail)
+    assert scale == 1.0 and used == 2 * 2 * 200
+    assert torch.allclose(flat_concat(kept), flat_concat(new))
+    kept, scale, used = measured_line_search(policy, old, new, *args, half, *tail)
+    assert scale == 0.5 and used == 2 * 2 * 2 * 200
+    two_steps = ("worst", 0.5, 0.0, 2, 0.5, 200, 7)
+    kept, scale, used = measured_line_search(policy, old, new, *args, 0.0, *two_steps)
+    assert scale == 0.0 and used == 2 * 2 * 2 * 200
+    assert torch.allclose(flat_concat(kept), flat_concat(old))

@@ -37,6 +37,8 @@ class CPOLayer(MetaOptimizer):
         (:mod:`meta_safe.meta_optimizers.overshoot_margin`); the estimate lives in the rule's
         state, so it builds up over the inner steps of an adaptation and over a single-task run.
     :param overshoot_decay: weight of the previous overshoot estimate, in ``[0, 1)``.
+    :param overshoot_prior: the overshoot assumed before any was measured (cost units,
+        ``>= 0``): the first step's margin, so a fresh adaptation starts conservative.
     """
 
     def __init__(
@@ -50,12 +52,16 @@ class CPOLayer(MetaOptimizer):
         fisher_stride: int = 5,
         overshoot_margin: bool = False,
         overshoot_decay: float = 0.8,
+        overshoot_prior: float = 0.0,
     ) -> None:
         super().__init__()
         self.trust_region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
         if not 0.0 <= overshoot_decay < 1.0:
             raise ValueError(f"overshoot_decay={overshoot_decay} is invalid: must lie in [0, 1)")
+        if not overshoot_prior >= 0.0:
+            raise ValueError(f"overshoot_prior={overshoot_prior} is invalid: must be >= 0")
         self.overshoot_margin, self.overshoot_decay = bool(overshoot_margin), overshoot_decay
+        self.overshoot_prior = float(overshoot_prior)
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
         if line_search_steps < 0:
@@ -66,7 +72,9 @@ class CPOLayer(MetaOptimizer):
 
     def init_state(self, num_tasks: int, dtype: torch.dtype = torch.float32) -> State:
         """The overshoot history (empty without ``overshoot_margin``)."""
-        return overshoot.initial_state(num_tasks) if self.overshoot_margin else {}
+        if not self.overshoot_margin:
+            return {}
+        return overshoot.initial_state(num_tasks, self.overshoot_prior)
 
     def step(
         self,

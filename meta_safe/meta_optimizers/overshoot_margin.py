@@ -32,12 +32,13 @@ State = dict[str, Tensor]
 __all__ = ["initial_state", "predicted_change", "update_overshoot"]
 
 
-def initial_state(num_tasks: int) -> State:
-    """No history: ``previous_cost`` NaN, zero prediction and overshoot, each ``[T]`` float64."""
+def initial_state(num_tasks: int, prior: float = 0.0) -> State:
+    """No history: ``previous_cost`` NaN, zero prediction, overshoot ``prior`` (the
+    margin of the first step, before any overshoot was measured), each ``[T]`` float64."""
     return {
         "previous_cost": torch.full((num_tasks,), float("nan"), dtype=torch.float64),
         "predicted_change": torch.zeros(num_tasks, dtype=torch.float64),
-        "overshoot": torch.zeros(num_tasks, dtype=torch.float64),
+        "overshoot": torch.full((num_tasks,), float(prior), dtype=torch.float64),
     }
 
 
