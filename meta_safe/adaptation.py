@@ -18,6 +18,7 @@ from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import Batch, stack_params
 from meta_safe.rl.surrogate import PolicyData, surrogates
+from meta_safe.step_check import StepCheck, StepCheckRecord, checked_step
 
 
 @dataclass
@@ -34,6 +35,7 @@ class AdaptationResult:
         over tasks (each tensor ``[T, ...]``): the policy after ``k`` inner steps.
     :ivar trajectory: per collection, the per-task parameters that collected it, in the
         graph (``trajectory[-1]`` is ``adapted``).
+    :ivar checks: per inner step, what the measured step check did (empty without it).
     """
 
     adapted: list[Params]
@@ -44,6 +46,7 @@ class AdaptationResult:
     infos: list[dict[str, float]] = field(default_factory=list)
     policies: list[Params] = field(default_factory=list)
     trajectory: list[list[Params]] = field(default_factory=list)
+    checks: list[StepCheckRecord] = field(default_factory=list)
 
 
 def adapt(
@@ -58,6 +61,7 @@ def adapt(
     generator: torch.Generator,
     seed: int,
     on_batch: Callable[[int, Batch], None] | None = None,
+    step_check: StepCheck | None = None,
 ) -> AdaptationResult:
     """Adapt ``meta_params`` to every task with K inner steps, each on fresh data.
 
@@ -65,19 +69,31 @@ def adapt(
     :param post_source: data of the post-adaptation batch (real rollouts).
     :param seed: env seed of the first collection (collection ``k`` uses ``seed + k``).
     :param on_batch: called with ``(k, batch)`` after each real collection (logging).
+    :param step_check: accept/reject each step on its measured cost
+        (:mod:`meta_safe.step_check`); ``None``: every step is taken.
     """
     num_tasks = source.num_tasks
     params = [dict(meta_params) for _ in range(num_tasks)]
     state = meta_optimizer.init_state(num_tasks, dtype=next(iter(meta_params.values())).dtype)
     batches, datas, metrics, infos, policies, trajectory = [], [], [], [], [], []
     times = {"sampling": 0.0, "inner_update": 0.0}
+    checks: list[StepCheckRecord] = []
+    previous, previous_batch = params, None
     for k in range(inner_steps + 1):
         start = time.perf_counter()
         behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
-        policies.append(behaviour)
-        trajectory.append(params)
         supplier = post_source if k == inner_steps else source
         inner = supplier.inner_batch(k, policy, behaviour, normalizer, generator, seed + k)
+        if step_check is not None and previous_batch is not None:
+            params, inner, record = checked_step(
+                step_check, policy, supplier, normalizer, generator, k, seed + k,
+                previous, previous_batch, params, inner,
+            )  # fmt: skip
+            checks.append(record)
+            behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+        policies.append(behaviour)
+        trajectory.append(params)
+        previous, previous_batch = params, inner
         times["sampling"] += time.perf_counter() - start
         batches.append(inner.real)
         datas.append(inner.data)
@@ -90,7 +106,9 @@ def adapt(
         params, state, step_metrics = meta_optimizer.step(policy, params, state, inner.data, ctx)
         metrics.append(step_metrics)
         times["inner_update"] += time.perf_counter() - start
-    return AdaptationResult(params, batches, datas, metrics, times, infos, policies, trajectory)
+    return AdaptationResult(
+        params, batches, datas, metrics, times, infos, policies, trajectory, checks
+    )
 
 
 def meta_objectives(

@@ -125,6 +125,8 @@ class MetaConfig:
     outer_cost_margin: float = 0.0  # the outer step targets J_C <= d - margin after adapting
     outer_line_search_steps: int = 0  # >0: backtrack the outer step on measured meta-policy cost
     outer_line_search_shrink: float = 0.5  # backtracking factor of that line search
+    step_check_tries: int = 0  # >0: accept/reject each inner step on its measured cost (tries)
+    step_check_shrink: float = 0.5  # step factor per rejected try
     cost_penalty: float = 1.0  # mu in J_R - mu max(0, J_C - d) (per episode), learnable rules
     learned_rule_lr: float | None = None  # outer Adam rate of a learnable rule; null: its own
 
@@ -223,6 +225,7 @@ NON_NEGATIVE: tuple[str, ...] = (
     "env.cost_limit",
     "meta.outer_cost_margin",
     "meta.outer_line_search_steps",
+    "meta.step_check_tries",
 )
 
 LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_lr": None}
@@ -299,9 +302,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value < 0:
             raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
-    shrink = merged.meta.outer_line_search_shrink
-    if not 0 < shrink < 1:
-        raise ValueError(f"meta.outer_line_search_shrink={shrink!r} is invalid: must lie in (0, 1)")
+    for key in ("meta.outer_line_search_shrink", "meta.step_check_shrink"):
+        shrink = OmegaConf.select(merged, key)
+        if not 0 < shrink < 1:
+            raise ValueError(f"{key}={shrink!r} is invalid: must lie in (0, 1)")
     discount = merged.evaluation.cost_discount
     if not 0 < discount <= 1:
         raise ValueError(f"evaluation.cost_discount={discount!r} is invalid: must lie in (0, 1]")

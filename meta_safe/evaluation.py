@@ -24,11 +24,12 @@ from meta_safe.config import EVALUATION_POLICIES
 from meta_safe.data_source import InnerDataSource, RealRollouts
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
 from meta_safe.env_factory import make_batched_env, task_distribution
-from meta_safe.maml import MetaSetup, MetaState
+from meta_safe.maml import MetaSetup, MetaState, step_check_of
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import Batch, collect, discounted_episode_cost
 from meta_safe.rl.surrogate import AdvantageConfig
+from meta_safe.step_check import StepCheck
 from stochastic_circle.tasks import CircleTask
 
 MEAN_POLICY_SEED_OFFSET = 7919
@@ -45,6 +46,8 @@ class AdaptationReport:
     costs: list[list[float]]
     cost_limit: float
     env_steps_per_step: int
+    rejected: list[list[int]] | None = None  # [t][k] rejected candidates of step k (step check)
+    extra_steps: int = 0  # env steps of the step check's retries, all tasks
 
     def summary(self) -> dict[str, list[float]]:
         """Aggregates per step ``k``: mean return, mean cost, share within the limit."""
@@ -58,6 +61,11 @@ class AdaptationReport:
             "mean_cost": costs.mean(0).tolist(),
             "stderr_cost": (costs.std(0) / n**0.5).tolist() if n > 1 else [0.0] * costs.shape[1],
             "within_limit": (costs <= self.cost_limit).float().mean(0).tolist(),
+            **(
+                {"rejected": torch.tensor(self.rejected).float().mean(0).tolist()}
+                if self.rejected is not None
+                else {}
+            ),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +75,8 @@ class AdaptationReport:
             "tasks": [t.to_dict() for t in self.tasks],
             "returns": self.returns,
             "costs": self.costs,
+            "rejected": self.rejected,
+            "extra_steps": self.extra_steps,
             "summary": self.summary(),
         }
 
@@ -84,6 +94,13 @@ class AdaptationReport:
                 f"| {k} | {s['mean_return'][k]:.2f} ± {s['stderr_return'][k]:.2f} "
                 f"| {s['mean_cost'][k]:.1f} ± {s['stderr_cost'][k]:.1f} "
                 f"| {100 * s['within_limit'][k]:.0f}% |"
+            )
+        if self.rejected is not None:
+            per_step = " / ".join(f"{r:.2f}" for r in s["rejected"][1:])
+            share = self.extra_steps / (self.env_steps_per_step * len(self.tasks))
+            lines.append(
+                f"\nStep check: rejected candidates per task after step 1 / ... / K: {per_step}; "
+                f"their retries ran {share:.2f} extra batches in all."
             )
         return "\n".join(lines).strip()
 
@@ -139,6 +156,7 @@ def evaluate_adaptation(
     dyna: tuple[DynaState, DynaSettings] | None = None,
     measure: str = "sample",
     cost_discount: float = 1.0,
+    step_check: StepCheck | None = None,
 ) -> AdaptationReport:
     """Adapt on ``tasks`` (all at once, first order: no meta-gradient is needed).
 
@@ -148,6 +166,8 @@ def evaluate_adaptation(
     :param measure: ``sample``: report the batches adaptation collects; ``mean``: after
         each step, run ``envs_per_task`` extra episodes-worth of the mean action.
     :param cost_discount: ``gamma`` of the reported episode cost ``sum_t gamma^t c_t``.
+    :param step_check: the measured accept/reject test of each step (as meta-trained);
+        the report counts its rejected candidates and their env steps.
     """
     if measure not in EVALUATION_POLICIES:
         raise ValueError(f"measure={measure!r} is unknown: valid are {EVALUATION_POLICIES}")
@@ -173,6 +193,7 @@ def evaluate_adaptation(
             InnerContext(cost_limit=env_cfg.cost_limit, create_graph=False),
             torch.Generator().manual_seed(seed),
             seed=seed + 1,
+            step_check=step_check,
         )
     measured: list[Batch] = result.batches
     if measure == "mean":
@@ -186,9 +207,12 @@ def evaluate_adaptation(
             ]  # fmt: skip
     returns = torch.stack([b.episode_return for b in measured], 1).tolist()
     costs = torch.stack([discounted_episode_cost(b, cost_discount) for b in measured], 1).tolist()
+    rejected = [[0] + [int(c.rejected[t]) for c in result.checks] for t in range(len(tasks))]
     return AdaptationReport(
-        tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks)
-    )
+        tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks),
+        rejected=rejected if result.checks else None,
+        extra_steps=sum(c.extra_steps for c in result.checks),
+    )  # fmt: skip
 
 
 def evaluation_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:
@@ -227,4 +251,5 @@ def evaluate_meta_state(
         dyna=(state.dyna, setup.dyna_settings) if state.dyna is not None else None,
         measure=ev.policy,
         cost_discount=ev.cost_discount,
+        step_check=step_check_of(cfg),
     )

@@ -50,6 +50,7 @@ from meta_safe.optim.natural import natural_directions, trust_region_scale
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
 from meta_safe.rl.rollout import Batch, collect
 from meta_safe.rl.surrogate import AdvantageConfig, PolicyData
+from meta_safe.step_check import StepCheck
 from stochastic_circle.tasks import CircleTask, TaskDistribution
 
 OUTER_CASE_UNCONSTRAINED = -1
@@ -141,6 +142,13 @@ def init_meta(cfg: DictConfig) -> tuple[MetaSetup, MetaState]:
     setup = MetaSetup(cfg, policy, train_tasks, adv_cfg, dyna_settings)
     state = MetaState(0, meta_params, ObsNormalizer(obs_dim), meta_optimizer, outer_adam, dyna)
     return setup, state
+
+
+def step_check_of(cfg: DictConfig) -> StepCheck | None:
+    """The configured measured step check of adaptation (``meta.step_check_tries``)."""
+    if cfg.meta.step_check_tries <= 0:
+        return None
+    return StepCheck(cfg.meta.step_check_tries, cfg.meta.step_check_shrink, cfg.env.cost_limit)
 
 
 def flat_gradient(objective: Tensor, params: Params, retain_graph: bool) -> Tensor:
@@ -444,6 +452,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         result = adapt(
             policy, meta, state.meta_optimizer, source, post_source, state.normalizer,
             meta_cfg.inner_steps, ctx, generator, seed=iteration_seed(cfg.seed, i, 3),
+            step_check=step_check_of(cfg),
         )  # fmt: skip
         # 4. post-adaptation objectives
         start = time.perf_counter()
@@ -518,7 +527,12 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         "outer_case": float(info["case"]),
         "rule_grad_norm": rule_grad_norm,
         "outer_step_scale": outer_scale,
-        "env_steps": float(sum(b.num_steps for b in result.batches) + search_steps),
+        "env_steps": float(
+            sum(b.num_steps for b in result.batches)
+            + search_steps
+            + sum(c.extra_steps for c in result.checks)
+        ),
+        "rejected_steps": float(sum(c.rejected.sum() for c in result.checks)),
         "model_steps": float(
             sum(len(d.obs) for data in result.data for d in data)
             - sum(b.num_steps for b in result.batches)
