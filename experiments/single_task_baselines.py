@@ -5,9 +5,10 @@ Uses the hydra configs (``configs/``), so any override works, e.g.::
     .venv/bin/python experiments/single_task_baselines.py --iterations 100 \
         --rules cpo_layer,lagrangian,trpo env.cost_limit=25
 
-Prints (and writes to ``<out>/table.md``) return and cost over the last 10 batches
-and at the end, the cost over the last 3 batches, the share of updates that left the
-cost above the limit, wall-clock and env steps per second of the whole training loop (mean
+Prints (and writes to ``<out>/table.md``) return and cost over the last 10 batches,
+the cost over the last 3, the share of updates that left the cost above the limit, the
+step check's rejected candidates per update (``meta.step_check_tries``), the final
+return and cost, wall-clock and env steps per second of the whole training loop (mean
 ± standard error over ``--seeds``), and writes the curves to ``--out`` (CSV + PNG).
 """
 
@@ -23,7 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from meta_safe.config import CONFIG_DIR, validate
 from meta_safe.env_factory import task_distribution
-from meta_safe.maml import probe_obs_dim
+from meta_safe.maml import probe_obs_dim, step_check_of
 from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.rl.policy import GaussianPolicy
 from meta_safe.rl.surrogate import AdvantageConfig
@@ -79,6 +80,7 @@ def main() -> None:
                 AdvantageConfig(**cfg.advantage),
                 seed,
                 critic_cfg=cfg.critic,
+                step_check=step_check_of(cfg),
             )
             results.append(result)
             curves[(name, seed)] = result
@@ -98,9 +100,9 @@ def main() -> None:
         " (mean ± standard error across seeds)",
         "",
         "| rule | return, last 10 batches | cost, last 10 batches | cost, last 3 batches "
-        "| updates above the limit | final return | final cost "
+        "| updates above the limit | rejected candidates per update | final return | final cost "
         "| wall-clock per run | env steps/s of the whole loop |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, results in rows:
         seconds = statistics.fmean(r.seconds for r in results)
@@ -110,6 +112,7 @@ def main() -> None:
             f"| {mean_se([last_mean(r.costs) for r in results])} "
             f"| {mean_se([last_mean(r.costs, 3) for r in results])} "
             f"| {100 * statistics.fmean(above_limit(r.costs, limit) for r in results):.0f}% "
+            f"| {statistics.fmean(statistics.fmean(r.rejected or [0]) for r in results):.2f} "
             f"| {mean_se([r.returns[-1] for r in results])} "
             f"| {mean_se([r.costs[-1] for r in results])} | {seconds:.0f} s | {rate:,.0f} |"
         )

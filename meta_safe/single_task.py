@@ -9,17 +9,19 @@ that adaptation uses.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from meta_safe.data_source import InnerBatch
 from meta_safe.env_factory import make_batched_env
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.critic import MLPCritic
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import collect
 from meta_safe.rl.surrogate import AdvantageConfig, prepare
+from meta_safe.step_check import StepCheck, checked_step
 from stochastic_circle.tasks import CircleTask
 
 
@@ -32,6 +34,7 @@ class SingleTaskResult:
     params: Params
     env_steps: int
     seconds: float
+    rejected: list[int] = field(default_factory=list)  # per update: step-check rejections
 
 
 def train_single_task(
@@ -47,6 +50,7 @@ def train_single_task(
     params: Params | None = None,
     normalizer: ObsNormalizer | None = None,
     critic_cfg: Any = None,
+    step_check: StepCheck | None = None,
 ) -> SingleTaskResult:
     """Train ``policy`` on ``task`` for ``iterations`` updates of ``rule``.
 
@@ -54,6 +58,8 @@ def train_single_task(
     :param normalizer: observation normaliser (default: a fresh one, updated as we go).
     :param critic_cfg: the ``critic`` config section; ``cost: mlp`` trains a persistent
         cost critic over all batches (default: per-batch linear values).
+    :param step_check: accept/reject each update on the measured cost of the batch the
+        updated policy collects (:mod:`meta_safe.step_check`); retries count as env steps.
     """
     if iterations < 1:
         raise ValueError(f"iterations={iterations} is invalid: must be >= 1")
@@ -73,13 +79,25 @@ def train_single_task(
             critic_cfg.minibatch,
             seed=seed,
         )
-    returns, costs, env_steps = [], [], 0
+    returns, costs, rejections, env_steps = [], [], [], 0
+    source = _Collector(env, steps_per_env)
+    previous: InnerBatch | None = None
+    previous_params = params
     start = time.perf_counter()
     for iteration in range(iterations + 1):
-        batch = collect(
-            env, policy, params, normalizer, steps_per_env, generator, seed=seed + iteration
-        )
-        env_steps += batch.num_steps
+        stacked = {k: v.unsqueeze(0) for k, v in params.items()}
+        checked = source.inner_batch(iteration, policy, stacked, normalizer, generator,
+                                     seed + iteration)  # fmt: skip
+        env_steps += checked.real.num_steps
+        if step_check is not None and previous is not None:
+            kept, checked, record = checked_step(
+                step_check, policy, source, normalizer, generator, iteration, seed + iteration,
+                [previous_params], previous, [params], checked,
+            )  # fmt: skip
+            params = {k: v.detach() for k, v in kept[0].items()}
+            env_steps += record.extra_steps
+            rejections.append(int(record.rejected[0]))
+        previous, previous_params, batch = checked, params, checked.real
         returns.append(float(batch.episode_return[0]))
         costs.append(float(batch.episode_cost[0]))
         if iteration == iterations:
@@ -89,4 +107,30 @@ def train_single_task(
         new, state, _ = rule.step(policy, [live], state, data, ctx)
         params = {k: v.detach() for k, v in new[0].items()}
         state = {k: v.detach() for k, v in state.items()}
-    return SingleTaskResult(returns, costs, params, env_steps, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return SingleTaskResult(returns, costs, params, env_steps, seconds, rejections)
+
+
+class _Collector:
+    """Real batches of the one task, as a data source (for the step check)."""
+
+    num_tasks = 1
+
+    def __init__(self, env: Any, steps_per_env: int) -> None:
+        self.env, self.steps_per_env = env, steps_per_env
+
+    def inner_batch(
+        self,
+        k: int,
+        policy: GaussianPolicy,
+        params: Params,
+        normalizer: ObsNormalizer,
+        generator: torch.Generator,
+        seed: int,
+    ) -> InnerBatch:
+        """:param params: each tensor ``[1, ...]``. The policy data is prepared later."""
+        single = {k: v[0] for k, v in params.items()}
+        batch = collect(
+            self.env, policy, single, normalizer, self.steps_per_env, generator, seed=seed
+        )
+        return InnerBatch([None], batch, {})

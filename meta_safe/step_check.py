@@ -6,7 +6,8 @@ step the batch the new policy collects anyway measures its cost; the step is rej
 for a task when that cost exceeds the limit *and* is higher than the cost before the
 step. A rejected step is shrunk (``x -> shrink x``) and the shrunk policy collects a
 fresh batch, up to ``tries - 1`` times; a task whose every candidate is rejected keeps
-its previous policy and batch. Accepted tasks keep their first batch.
+its previous policy, which collects a fresh batch (the next step must not see the data
+that proposed the rejected one). Accepted tasks keep their first batch.
 
 Rejected candidates did run in the environment: their steps are counted and their
 number per task and step is reported (:class:`StepCheckRecord`), so a user sees what
@@ -120,5 +121,11 @@ def checked_step(
         count += bad.long()
         scale = torch.where(bad, torch.zeros_like(scale), scale)
         params = blend(previous, proposed, scale)
-        batch = merge(batch, previous_batch, bad)
+        # A fresh batch of the kept policy: the next step must not see the same data (it
+        # would propose the same rejected step again).
+        behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+        fresh_seed = seed + check.tries * RETRY_SEED_STRIDE
+        again = source.inner_batch(k, policy, behaviour, normalizer, generator, fresh_seed)
+        extra += again.real.num_steps
+        batch = merge(batch, again, bad)
     return params, batch, StepCheckRecord(count, scale, extra)

@@ -57,14 +57,14 @@ def test_checked_step_shrinks_rejected_steps_and_keeps_the_previous_policy() -> 
     )
     assert record.scale.tolist() == [1.0, 0.25, 0.0]
     assert record.rejected.tolist() == [0, 2, 3]
-    assert record.extra_steps == 2 * 3  # two retries of a one-step batch of 3 tasks
+    assert record.extra_steps == 3 * 3  # two retries and a fresh batch, 3 tasks x 1 step
     assert [round(float(p["w"]), 6) for p in params] == [0.05, 0.1, 0.05]
     assert batch.data[0] == "data w=0.050" and batch.data[1] == "data w=0.100"
-    assert batch.data[2] == "prev"
+    assert batch.data[2] == "data w=0.050"  # the kept previous policy's fresh batch
     assert torch.allclose(batch.real.episode_cost, torch.tensor([5.0, 10.0, 5.0]).double())
     (grad,) = torch.autograd.grad(params[1]["w"], theta)
     assert torch.isclose(grad, torch.tensor(1.0))
-    assert len(source.calls) == 3  # the first collection and two retries
+    assert len(source.calls) == 4  # the first collection, two retries, the fresh batch
 
 
 def test_merge_and_blend() -> None:
@@ -78,3 +78,40 @@ def test_merge_and_blend() -> None:
     prop = [{"w": torch.tensor(3.0)}, {"w": torch.tensor(3.0)}]
     out = blend(prev, prop, torch.tensor([1.0, 0.25]))
     assert out[0] is prop[0] and float(out[1]["w"]) == 1.5
+
+
+def test_single_task_training_never_accepts_a_costlier_violating_update() -> None:
+    """With the step check every accepted update's measured cost is within the limit or
+    no higher than before it, and rejections and their env steps are counted."""
+    from meta_safe.env_factory import task_distribution
+    from meta_safe.meta_optimizers import build_meta_optimizer
+    from meta_safe.rl.policy import GaussianPolicy
+    from meta_safe.rl.surrogate import AdvantageConfig
+    from meta_safe.single_task import train_single_task
+    from tests.tiny import compose_cfg
+
+    overrides = ["env.episode_steps=100", "env.cost_limit=2", "meta_optimizer=trpo",
+                 "env.fixed.wall_scale=[0.2,0.2]", "meta_optimizer.trust_radius=0.05"]  # fmt: skip
+    cfg = compose_cfg(*overrides)
+    task = task_distribution(cfg.env, "fixed").sample(1, seed=0)[0]
+    torch.manual_seed(0)
+    policy = GaussianPolicy(_obs_dim(cfg), 2, [16], "tanh", 0.0)
+    check = StepCheck(tries=2, shrink=0.5, cost_limit=2.0)
+    result = train_single_task(
+        cfg.env, task, build_meta_optimizer(cfg.meta_optimizer), policy, 6, 4, 100,
+        AdvantageConfig(), seed=0, step_check=check,
+    )  # fmt: skip
+    assert len(result.rejected) == 6 and sum(result.rejected) > 0
+    for before, after, count in zip(result.costs, result.costs[1:], result.rejected, strict=False):
+        if count < check.tries:  # an accepted candidate (else: the old policy, fresh batch)
+            assert after <= max(2.0, before) + 1e-9
+    assert any(count < check.tries for count in result.rejected)
+    # tries=2: one retry per rejected update, and a fresh batch when that fails too
+    extra = sum(min(r, 2) for r in result.rejected)
+    assert result.env_steps == 4 * 100 * (7 + extra)
+
+
+def _obs_dim(cfg) -> int:
+    from meta_safe.maml import probe_obs_dim
+
+    return probe_obs_dim(cfg.env)
