@@ -41,9 +41,10 @@ OUTER_COST_BATCHES = ("post", "pre", "every")
 (the meta-policy's own), or after every inner step ``k = 0..K``
 (:func:`meta_safe.maml.constrained_costs`)."""
 
-EVALUATION_POLICIES = ("sample", "mean")
-"""What evaluation measures after each step: the stochastic policy's own batches, or
-separate episodes of its mean action (:mod:`meta_safe.evaluation`)."""
+EVALUATION_POLICIES = ("auto", "sample", "fresh", "mean")
+"""What evaluation measures after each step: the adaptation's own batches (``sample``),
+separate episodes of the policy (``fresh``) or of its mean action (``mean``); ``auto``:
+``fresh`` under a step check, else ``sample`` (:mod:`meta_safe.evaluation`)."""
 
 SPLITS = ("fixed", "meta_train", "held_out")
 SPLIT_NAMES = {
@@ -127,6 +128,7 @@ class MetaConfig:
     outer_line_search_shrink: float = 0.5  # backtracking factor of that line search
     step_check_tries: int = 0  # >0: accept/reject each inner step on its measured cost (tries)
     step_check_shrink: float = 0.5  # step factor per rejected try
+    step_check_margin: float = 0.0  # a try passes outright at measured cost <= d - margin
     cost_penalty: float = 1.0  # mu in J_R - mu max(0, J_C - d) (per episode), learnable rules
     learned_rule_lr: float | None = None  # outer Adam rate of a learnable rule; null: its own
 
@@ -142,8 +144,9 @@ class EvaluationConfig:
     seed: int = 10_000  # seed of task sampling and rollouts
     split: str = "held_out"  # fixed | meta_train | held_out
     also_splits: list[str] = field(default_factory=lambda: ["meta_train"])  # after training too
-    policy: str = "sample"  # sample: the adaptation batches | mean: extra mean-action episodes
+    policy: str = "auto"  # auto | sample (adaptation's batches) | fresh | mean (extra episodes)
     cost_discount: float = 1.0  # reported episode cost sum_t gamma^t c_t (reference: 0.99)
+    step_check_tries: int | None = None  # the adaptation's step check; null: meta.step_check_tries
 
 
 @dataclass
@@ -226,6 +229,7 @@ NON_NEGATIVE: tuple[str, ...] = (
     "meta.outer_cost_margin",
     "meta.outer_line_search_steps",
     "meta.step_check_tries",
+    "meta.step_check_margin",
 )
 
 LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_lr": None}
@@ -302,6 +306,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value < 0:
             raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
+    tries = merged.evaluation.step_check_tries
+    if tries is not None and tries < 0:
+        raise ValueError(
+            f"evaluation.step_check_tries={tries!r} is invalid: must be >= 0 (or null)"
+        )
     for key in ("meta.outer_line_search_shrink", "meta.step_check_shrink"):
         shrink = OmegaConf.select(merged, key)
         if not 0 < shrink < 1:

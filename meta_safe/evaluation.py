@@ -3,8 +3,10 @@
 For each task and each ``k = 0..K`` (``k = 0``: before adapting) the mean episode
 return and cost of the policy after ``k`` inner steps, and whether that cost is within
 the limit. By default (``evaluation.policy=sample``) these are measured on the batch the
-stochastic policy collects for its next update. ``evaluation.policy=mean`` measures
-separate episodes of the mean action instead (used for nothing else), and
+stochastic policy collects for its next update. ``evaluation.policy=fresh`` measures
+separate episodes instead (used for nothing else; the default under a step check, whose
+accepted batches passed a test on their own cost), ``mean`` separate episodes of the
+mean action, and
 ``evaluation.cost_discount < 1`` reports discounted episode costs.
 """
 
@@ -33,7 +35,7 @@ from meta_safe.step_check import StepCheck
 from stochastic_circle.tasks import CircleTask
 
 MEAN_POLICY_SEED_OFFSET = 7919
-"""Mean-action episodes use env seed ``evaluation.seed + offset``: start states of their
+"""Separate evaluation episodes use env seed ``evaluation.seed + offset``: start states of their
 own, apart from the adaptation batches'."""
 
 
@@ -154,7 +156,7 @@ def evaluate_adaptation(
     adv_cfg: AdvantageConfig,
     seed: int,
     dyna: tuple[DynaState, DynaSettings] | None = None,
-    measure: str = "sample",
+    measure: str = "auto",
     cost_discount: float = 1.0,
     step_check: StepCheck | None = None,
 ) -> AdaptationReport:
@@ -163,8 +165,11 @@ def evaluate_adaptation(
     :param dyna: the meta-trained model and settings: inner steps then use a small real
         batch plus model rollouts (the model is not retrained on held-out data); the
         report's real steps per update count the real part only.
-    :param measure: ``sample``: report the batches adaptation collects; ``mean``: after
-        each step, run ``envs_per_task`` extra episodes-worth of the mean action.
+    :param measure: ``sample``: report the batches adaptation collects; ``fresh``: after
+        each step, ``envs_per_task`` extra episodes of the policy, used for nothing else;
+        ``mean``: the same with the mean action; ``auto``: ``fresh`` with a step check
+        (its accepted batches passed a test on their own cost, so reporting them would be
+        biased low), else ``sample``.
     :param cost_discount: ``gamma`` of the reported episode cost ``sum_t gamma^t c_t``.
     :param step_check: the measured accept/reject test of each step (as meta-trained);
         the report counts its rejected candidates and their env steps.
@@ -195,14 +200,16 @@ def evaluate_adaptation(
             seed=seed + 1,
             step_check=step_check,
         )
+    if measure == "auto":
+        measure = "fresh" if step_check is not None else "sample"
     measured: list[Batch] = result.batches
-    if measure == "mean":
+    if measure in ("mean", "fresh"):
         eval_env = make_batched_env(env_cfg, tasks, envs_per_task, seed + MEAN_POLICY_SEED_OFFSET)
         generator = torch.Generator().manual_seed(seed)
         with normalizer.frozen_statistics():
             measured = [
                 collect(eval_env, policy, p, normalizer, steps_per_env, generator, True,
-                        seed=seed + MEAN_POLICY_SEED_OFFSET, deterministic=True)
+                        seed=seed + MEAN_POLICY_SEED_OFFSET, deterministic=measure == "mean")
                 for p in result.policies
             ]  # fmt: skip
     returns = torch.stack([b.episode_return for b in measured], 1).tolist()
@@ -251,5 +258,5 @@ def evaluate_meta_state(
         dyna=(state.dyna, setup.dyna_settings) if state.dyna is not None else None,
         measure=ev.policy,
         cost_discount=ev.cost_discount,
-        step_check=step_check_of(cfg),
+        step_check=step_check_of(cfg, evaluation=True),
     )

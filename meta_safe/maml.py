@@ -144,11 +144,16 @@ def init_meta(cfg: DictConfig) -> tuple[MetaSetup, MetaState]:
     return setup, state
 
 
-def step_check_of(cfg: DictConfig) -> StepCheck | None:
-    """The configured measured step check of adaptation (``meta.step_check_tries``)."""
-    if cfg.meta.step_check_tries <= 0:
+def step_check_of(cfg: DictConfig, evaluation: bool = False) -> StepCheck | None:
+    """The measured step check of adaptation: ``meta.step_check_tries`` in meta-training;
+    in evaluation ``evaluation.step_check_tries`` where set, else the same."""
+    tries = cfg.meta.step_check_tries
+    if evaluation and cfg.evaluation.get("step_check_tries") is not None:
+        tries = cfg.evaluation.step_check_tries
+    if tries <= 0:
         return None
-    return StepCheck(cfg.meta.step_check_tries, cfg.meta.step_check_shrink, cfg.env.cost_limit)
+    meta = cfg.meta
+    return StepCheck(tries, meta.step_check_shrink, cfg.env.cost_limit, meta.step_check_margin)
 
 
 def flat_gradient(objective: Tensor, params: Params, retain_graph: bool) -> Tensor:

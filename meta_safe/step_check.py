@@ -4,7 +4,8 @@ A linearised cost model cannot see a cost cliff: a small step from a policy that
 reaches a wall can send whole orbits through it. This test looks instead. After an inner
 step the batch the new policy collects anyway measures its cost; the step is rejected
 for a task when that cost exceeds the limit *and* is higher than the cost before the
-step. A rejected step is shrunk (``x -> shrink x``) and the shrunk policy collects a
+step (or above ``d - margin``, with a margin for the noise of one batch). A rejected
+step is shrunk (``x -> shrink x``) and the shrunk policy collects a
 fresh batch, up to ``tries - 1`` times; a task whose every candidate is rejected keeps
 its previous policy, which collects a fresh batch (the next step must not see the data
 that proposed the rejected one). Accepted tasks keep their first batch.
@@ -33,11 +34,14 @@ RETRY_SEED_STRIDE = 1_000
 @dataclass(frozen=True)
 class StepCheck:
     """:ivar tries: candidates per step, the full step included (``>= 2`` to retry).
-    :ivar shrink: step factor per retry, in ``(0, 1)``. :ivar cost_limit: ``d``."""
+    :ivar shrink: step factor per retry, in ``(0, 1)``. :ivar cost_limit: ``d``.
+    :ivar margin: a candidate passes outright only at cost ``<= d - margin`` (one batch
+        estimates the cost with noise; a margin keeps a re-measurement under ``d``)."""
 
     tries: int
     shrink: float
     cost_limit: float
+    margin: float = 0.0
 
 
 @dataclass
@@ -103,7 +107,8 @@ def checked_step(
     previous_cost = previous_batch.real.episode_cost
     scale = torch.ones(num_tasks, dtype=torch.float64)
     count = torch.zeros(num_tasks, dtype=torch.long)
-    bad = rejected(batch.real.episode_cost, previous_cost, check.cost_limit)
+    threshold = check.cost_limit - check.margin
+    bad = rejected(batch.real.episode_cost, previous_cost, threshold)
     params, extra = proposed, 0
     for retry in range(1, check.tries):
         if not bool(bad.any()):
@@ -116,7 +121,7 @@ def checked_step(
         again = source.inner_batch(k, policy, behaviour, normalizer, generator, retry_seed)
         extra += again.real.num_steps
         batch = merge(batch, again, bad)
-        bad = bad & rejected(again.real.episode_cost, previous_cost, check.cost_limit)
+        bad = bad & rejected(again.real.episode_cost, previous_cost, threshold)
     if bool(bad.any()):
         count += bad.long()
         scale = torch.where(bad, torch.zeros_like(scale), scale)

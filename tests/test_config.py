@@ -38,7 +38,8 @@ from meta_safe.config import CONFIG_DIR, TrainConfig, migrate, validate
         ("evaluation.cost_discount=1.5", "evaluation.cost_discount=1.5 is invalid: must lie in"),
         (
             "evaluation.policy=greedy",
-            "evaluation.policy='greedy' is invalid: valid choices are ['sample', 'mean']",
+            "evaluation.policy='greedy' is invalid: valid choices are ['auto', 'sample', 'fresh', "
+            "'mean']",
         ),
     ],
 )

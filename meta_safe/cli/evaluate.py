@@ -7,6 +7,10 @@ before and after each inner step. Overrides:
 * ``evaluation.tasks=N``, ``evaluation.inner_steps=K``, ``evaluation.seed=S``,
   ``evaluation.split=held_out|meta_train|fixed``;
 * ``tasks=[[radius,wall_distance],...]`` explicit task parameters instead of sampling;
+* ``evaluation.policy=sample|fresh|mean``, ``evaluation.cost_discount=0.99``: what is
+  measured after each step (the reference protocol: ``mean`` and ``0.99``);
+* ``evaluation.step_check_tries=N``, ``meta.step_check_margin=M``: the measured step
+  check of adaptation (default: as meta-trained);
 * ``out=<dir>``: where to write ``evaluation.{json,csv,png}`` (default: the run directory).
 """
 
@@ -21,6 +25,8 @@ from meta_safe.config import validate
 from meta_safe.evaluation import evaluate_meta_state
 
 OVERRIDABLE = (
+    "meta.step_check_shrink",
+    "meta.step_check_margin",
     "env.backend",
     "env.cost_limit",
     "env.held_out",
@@ -41,8 +47,9 @@ def main(argv: list[str]) -> int:
     unknown = [
         k
         for k in cli
-        if k not in ("checkpoint", "tasks", "out", "stem", "env", "evaluation", "runtime")
+        if k not in ("checkpoint", "tasks", "out", "stem", "env", "evaluation", "runtime", "meta")
     ]
+    unknown += [f"meta.{k}" for k in cli.get("meta", {}) if f"meta.{k}" not in OVERRIDABLE]
     if unknown:
         print(
             f"error: unknown keys {unknown}: valid are checkpoint, tasks, out, stem, "
@@ -53,7 +60,7 @@ def main(argv: list[str]) -> int:
     state = load(cli.checkpoint)
     cfg = OmegaConf.create(state["config"])
     cfg = OmegaConf.merge(
-        cfg, {k: v for k, v in cli.items() if k in ("env", "evaluation", "runtime")}
+        cfg, {k: v for k, v in cli.items() if k in ("env", "evaluation", "runtime", "meta")}
     )
     try:
         cfg = validate(cfg)
