@@ -121,9 +121,9 @@ class MetaConfig:
     outer_cg_iters: int = 10  # conjugate-gradient iterations of the outer step
     outer_fisher_stride: int = 5  # the outer Fisher is averaged over every k-th sample
     outer_constraint: str = "mean"  # mean | worst | cvar: how the outer step combines tasks' costs
-    outer_cost_batches: str = "post"  # post | pre | every: whose costs the outer step constrains
+    outer_cost_batches: str = "every"  # post | pre | every: whose costs the outer step constrains
     outer_cvar_fraction: float = 0.5  # cvar: share of tasks (the costliest) the constraint averages
-    outer_cost_margin: float = 0.0  # the outer step targets J_C <= d - margin after adapting
+    outer_cost_margin: float = 8.0  # the outer step targets J_C <= d - margin (d = 10: J_C <= 2)
     outer_line_search_steps: int = 0  # >0: backtrack the outer step on measured meta-policy cost
     outer_line_search_shrink: float = 0.5  # backtracking factor of that line search
     step_check_tries: int = 0  # >0: accept/reject each inner step on its measured cost (tries)
@@ -237,12 +237,22 @@ LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_
 (``None``: dropped; the rule's own default outer learning rate applies)."""
 
 
+PRE_SAFETY_OUTER = {"outer_cost_batches": "post", "outer_cost_margin": 0.0}
+"""What the outer step constrained before ``meta.outer_cost_batches`` and
+``meta.outer_cost_margin`` existed (a full older config lacks them)."""
+
+
 def migrate(cfg: DictConfig) -> DictConfig:
     """Move keys of an older configuration (e.g. a checkpoint's) to where they live now.
 
     ``meta_optimizer.outer_step`` becomes ``meta.outer_step``;
-    ``meta_optimizer.learnable_outer_lr`` becomes ``meta.learned_rule_lr``.
+    ``meta_optimizer.learnable_outer_lr`` becomes ``meta.learned_rule_lr``; a full
+    ``meta`` section without ``outer_cost_batches`` keeps the outer constraint it was
+    trained with (:data:`PRE_SAFETY_OUTER`), so such a run resumes as it began.
     """
+    meta = cfg.get("meta")
+    if meta and "tasks_per_iteration" in meta and "outer_cost_batches" not in meta:
+        cfg = OmegaConf.merge(cfg, {"meta": PRE_SAFETY_OUTER})
     rule = cfg.get("meta_optimizer")
     if not rule or not any(k in rule for k in LEGACY_META_OPTIMIZER_KEYS):
         return cfg

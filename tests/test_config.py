@@ -78,3 +78,16 @@ def test_older_configs_move_outer_keys_to_the_outer_loop() -> None:
     assert "outer_step" not in moved.meta_optimizer
     assert "outer_step" in old.meta_optimizer, "the input is not modified"
     assert validate(moved).meta.outer_step == "trpo"
+
+
+def test_older_configs_keep_the_outer_constraint_they_were_trained_with() -> None:
+    """A full ``meta`` section from before the safety options resumes with the
+    post-adaptation, margin-free outer constraint; a new config gets the defaults."""
+    current = OmegaConf.to_container(compose_cfg())
+    old = {**current, "meta": dict(current["meta"])}
+    for key in ("outer_cost_batches", "outer_cost_margin"):
+        old["meta"].pop(key)
+    restored = validate(OmegaConf.create(old))
+    assert restored.meta.outer_cost_batches == "post" and restored.meta.outer_cost_margin == 0
+    assert compose_cfg().meta.outer_cost_batches == "every"
+    assert compose_cfg().meta.outer_cost_margin == 8.0

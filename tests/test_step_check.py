@@ -58,7 +58,7 @@ def test_checked_step_shrinks_rejected_steps_and_keeps_the_previous_policy() -> 
     assert record.scale.tolist() == [1.0, 0.25, 0.0]
     assert record.rejected.tolist() == [0, 2, 3]
     assert record.extra_steps == 3 * 3  # two retries and a fresh batch, 3 tasks x 1 step
-    assert [round(float(p["w"]), 6) for p in params] == [0.05, 0.1, 0.05]
+    assert [round(float(p["w"].detach()), 6) for p in params] == [0.05, 0.1, 0.05]
     assert batch.data[0] == "data w=0.050" and batch.data[1] == "data w=0.100"
     assert batch.data[2] == "data w=0.050"  # the kept previous policy's fresh batch
     assert torch.allclose(batch.real.episode_cost, torch.tensor([5.0, 10.0, 5.0]).double())
