@@ -61,6 +61,11 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def clock_text(seconds: float) -> str:
+    """``"12 s"``, or ``"in the training run"`` where no separate clock was kept."""
+    return "in the training run" if math.isnan(seconds) else f"{seconds:.0f} s"
+
+
 def table(summaries: dict[str, dict[str, Any]], stem: str = "evaluation") -> str:
     clock = "train + eval per run" if stem == "evaluation" else "this evaluation per run"
     lines = [
@@ -74,12 +79,12 @@ def table(summaries: dict[str, dict[str, Any]], stem: str = "evaluation") -> str
             f"| {s['mean_return'][-1]:.2f} ± {s['mean_return_se'][-1]:.2f} "
             f"| {s['mean_cost'][-1]:.1f} ± {s['mean_cost_se'][-1]:.1f} "
             f"| {100 * s['within_limit'][-1]:.0f}% ± {100 * s['within_limit_se'][-1]:.0f} "
-            f"| {s['env_steps_per_step']:,} | {s['wall_clock']:.0f} s |"
+            f"| {s['env_steps_per_step']:,} | {clock_text(s['wall_clock'])} |"
         )
     any_s = next(iter(summaries.values()))
     lines += [
         "",
-        f"K = {any_s['steps'] - 1} inner steps on {any_s['tasks']} held-out tasks, cost limit "
+        f"K = {any_s['steps'] - 1} inner steps on {any_s['tasks']} tasks, cost limit "
         f"{any_s['cost_limit']:g}. Mean ± standard error across seeds of each seed's mean "
         "over tasks.",
     ]

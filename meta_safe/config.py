@@ -126,6 +126,7 @@ class MetaConfig:
     outer_cost_margin: float = 8.0  # the outer step targets J_C <= d - margin (d = 10: J_C <= 2)
     outer_line_search_steps: int = 0  # >0: backtrack the outer step on measured meta-policy cost
     outer_line_search_shrink: float = 0.5  # backtracking factor of that line search
+    inner_cost_margin: float = 0.0  # the inner rule aims at J_C <= d - margin (adaptation too)
     step_check_tries: int = 0  # >0: accept/reject each inner step on its measured cost (tries)
     step_check_shrink: float = 0.5  # step factor per rejected try
     step_check_margin: float = 0.0  # a try passes outright at measured cost <= d - margin
@@ -230,6 +231,7 @@ NON_NEGATIVE: tuple[str, ...] = (
     "meta.outer_line_search_steps",
     "meta.step_check_tries",
     "meta.step_check_margin",
+    "meta.inner_cost_margin",
 )
 
 LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_lr": None}

@@ -159,6 +159,7 @@ def evaluate_adaptation(
     measure: str = "auto",
     cost_discount: float = 1.0,
     step_check: StepCheck | None = None,
+    inner_cost_margin: float = 0.0,
 ) -> AdaptationReport:
     """Adapt on ``tasks`` (all at once, first order: no meta-gradient is needed).
 
@@ -173,6 +174,8 @@ def evaluate_adaptation(
     :param cost_discount: ``gamma`` of the reported episode cost ``sum_t gamma^t c_t``.
     :param step_check: the measured accept/reject test of each step (as meta-trained);
         the report counts its rejected candidates and their env steps.
+    :param inner_cost_margin: the inner rule aims at ``d - margin`` (as meta-trained);
+        the report still judges the cost against ``d``.
     """
     if measure not in EVALUATION_POLICIES:
         raise ValueError(f"measure={measure!r} is unknown: valid are {EVALUATION_POLICIES}")
@@ -195,7 +198,7 @@ def evaluate_adaptation(
             post_source,
             normalizer,
             inner_steps,
-            InnerContext(cost_limit=env_cfg.cost_limit, create_graph=False),
+            InnerContext(cost_limit=env_cfg.cost_limit - inner_cost_margin, create_graph=False),
             torch.Generator().manual_seed(seed),
             seed=seed + 1,
             step_check=step_check,
@@ -259,4 +262,5 @@ def evaluate_meta_state(
         measure=ev.policy,
         cost_discount=ev.cost_discount,
         step_check=step_check_of(cfg, evaluation=True),
+        inner_cost_margin=cfg.meta.inner_cost_margin,
     )

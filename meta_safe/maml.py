@@ -450,7 +450,8 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
     post_source = RealRollouts(env, meta_cfg.steps_per_env, setup.adv_cfg, cfg.env.episode_steps)
     source = inner_source(setup, state.dyna, tasks, post_source, iteration_seed(cfg.seed, i, 1))
     generator = torch.Generator().manual_seed(iteration_seed(cfg.seed, i, 2))
-    ctx = InnerContext(cost_limit=cfg.env.cost_limit, create_graph=not meta_cfg.first_order)
+    inner_limit = cfg.env.cost_limit - meta_cfg.inner_cost_margin
+    ctx = InnerContext(cost_limit=inner_limit, create_graph=not meta_cfg.first_order)
     meta = {k: v.detach().requires_grad_() for k, v in state.meta_params.items()}
     # 2-3. K inner steps and the post-adaptation batch, one input transformation throughout
     with state.normalizer.frozen_statistics():

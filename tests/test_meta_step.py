@@ -67,3 +67,32 @@ def test_constrained_rules_take_the_cpo_outer_step() -> None:
     for rule in ("cpo_layer", "lagrangian", "pid", "lstm", "cppo_em"):
         setup, _ = init_meta(tiny_cfg(f"meta_optimizer={rule}"))
         assert setup.cfg.meta.outer_step == "cpo", rule
+
+
+def test_inner_rules_aim_below_the_limit_by_the_inner_margin(monkeypatch) -> None:
+    """``meta.inner_cost_margin``: the inner rule's context carries ``d - margin`` in
+    meta-training and in evaluation, while evaluation still judges costs against ``d``."""
+    import meta_safe.evaluation as evaluation
+    import meta_safe.maml as maml
+    from meta_safe import evaluate_meta_state, init_meta
+    from tests.tiny import tiny_cfg
+
+    seen = []
+
+    def spy(adapt):
+        def wrapped(*args, **kwargs):
+            seen.append(args[7].cost_limit)
+            return adapt(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(maml, "adapt", spy(maml.adapt))
+    monkeypatch.setattr(evaluation, "adapt", spy(evaluation.adapt))
+    cfg = tiny_cfg("meta.inner_cost_margin=3", "env.cost_limit=10", "evaluation.tasks=2",
+                   "evaluation.inner_steps=1", "evaluation.envs_per_task=2",
+                   "evaluation.steps_per_env=40")  # fmt: skip
+    setup, state = init_meta(cfg)
+    maml.meta_step(setup, state)
+    report = evaluate_meta_state(setup, state, cfg)
+    assert seen == [7.0, 7.0]
+    assert report.cost_limit == 10.0
