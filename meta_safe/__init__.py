@@ -19,7 +19,7 @@ from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.trainer import MetaTrainer, train
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AdaptationReport",
