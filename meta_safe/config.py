@@ -35,11 +35,11 @@ it, ``auto`` picks ``trpo`` for a meta-optimizer that ignores cost and ``cpo`` o
 OUTER_CONSTRAINTS = ("mean", "worst", "cvar")
 """How the outer step combines the tasks' post-adaptation cost constraints: their mean,
 the worst task's, or the mean of the costliest ``meta.outer_cvar_fraction`` of them
-(:func:`meta_safe.maml.outer_constraint_weights`)."""
+(:func:`meta_safe.outer_constraint.outer_constraint_weights`)."""
 OUTER_COST_BATCHES = ("post", "pre", "every")
 """Which costs the outer constraint covers: each task's after adapting, before adapting
 (the meta-policy's own), or after every inner step ``k = 0..K``
-(:func:`meta_safe.maml.constrained_costs`)."""
+(:func:`meta_safe.outer_constraint.constrained_costs`)."""
 
 EVALUATION_POLICIES = ("auto", "sample", "fresh", "mean")
 """What evaluation measures after each step: the adaptation's own batches (``sample``),

@@ -36,8 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from meta_safe.adaptation import AdaptationResult, adapt, meta_objectives
-from meta_safe.config import OUTER_CONSTRAINTS, OUTER_COST_BATCHES
+from meta_safe.adaptation import adapt, meta_objectives
 from meta_safe.data_source import InnerDataSource, RealRollouts, adaptation_info
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState, build_dyna, held_out_errors
 from meta_safe.env_factory import make_batched_env, task_distribution
@@ -45,10 +44,15 @@ from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.meta_optimizers.gradients import constraint_margin
 from meta_safe.optim.cpo_step import cpo_step
-from meta_safe.optim.flat_params import flat_concat, unflatten_like
+from meta_safe.optim.flat_params import flat_concat, flat_gradient, unflatten_like
 from meta_safe.optim.natural import natural_directions, trust_region_scale
+from meta_safe.outer_constraint import (
+    constrained_costs,
+    measured_line_search,
+    outer_cost_constraint,
+)
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
-from meta_safe.rl.rollout import Batch, collect
+from meta_safe.rl.rollout import Batch
 from meta_safe.rl.surrogate import AdvantageConfig, PolicyData
 from meta_safe.step_check import StepCheck
 from stochastic_circle.tasks import CircleTask, TaskDistribution
@@ -156,17 +160,6 @@ def step_check_of(cfg: DictConfig, evaluation: bool = False) -> StepCheck | None
     return StepCheck(tries, meta.step_check_shrink, cfg.env.cost_limit, meta.step_check_margin)
 
 
-def flat_gradient(objective: Tensor, params: Params, retain_graph: bool) -> Tensor:
-    """``d objective / d params`` flattened ``[P]``; parameters it does not use get zeros."""
-    grads = torch.autograd.grad(
-        objective, list(params.values()), retain_graph=retain_graph, allow_unused=True
-    )
-    filled = [
-        torch.zeros_like(v) if g is None else g for v, g in zip(params.values(), grads, strict=True)
-    ]
-    return flat_concat(dict(zip(params, filled, strict=True)))
-
-
 def learned_rule_step(
     meta_optimizer: MetaOptimizer,
     outer_adam: torch.optim.Adam,
@@ -191,94 +184,6 @@ def learned_rule_step(
     grad_norm = float(torch.sqrt(sum((p.grad**2).sum() for p in rule_params)))
     outer_adam.step()
     return grad_norm
-
-
-def outer_constraint_weights(margin: Tensor, aggregate: str, cvar_fraction: float) -> Tensor:
-    """Weights ``w [T]`` (summing to 1) that turn per-task post-adaptation constraints
-    into the outer step's one constraint ``sum_t w_t (J_C,t - d + b_t^T x) <= 0``.
-
-    ``mean``: ``1 / T`` each (the cost averaged over tasks). ``worst``: all weight on the
-    task whose measured margin ``J_C,t - d`` is largest. ``cvar``: equal weight on the
-    ``ceil(cvar_fraction * T)`` tasks with the largest margins (the conditional value at
-    risk of the per-task cost). Ties go to the lower task index.
-
-    :param margin: ``[T]`` measured ``J_C,t - d`` (only its order matters, no gradient).
-    """
-    num_tasks = margin.shape[0]
-    if aggregate == "mean":
-        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=margin.dtype)
-    if aggregate == "worst":
-        count = 1
-    elif aggregate == "cvar":
-        count = max(1, math.ceil(cvar_fraction * num_tasks - 1e-9))
-    else:
-        raise ValueError(f"outer constraint {aggregate!r} is unknown: valid {OUTER_CONSTRAINTS}")
-    order = torch.sort(margin.detach(), descending=True, stable=True).indices[:count]
-    weights = torch.zeros(num_tasks, dtype=margin.dtype)
-    weights[order] = 1.0 / count
-    return weights
-
-
-def constrained_costs(
-    policy: GaussianPolicy,
-    result: AdaptationResult,
-    post_cost_sur: Tensor,
-    post_margin: Tensor,
-    batches: str,
-    cost_limit: float,
-) -> tuple[Tensor, Tensor]:
-    """The cost surrogates and measured margins the outer constraint covers.
-
-    ``post``: each task's post-adaptation cost (``[T]``). ``pre``: each task's cost of
-    the meta-policy itself, before adapting (``[T]``; a plain policy gradient).
-    ``every``: every collection ``k = 0..K`` of every task (``[(K + 1) T]``), each the
-    surrogate of the policy after ``k`` steps on its own batch.
-
-    :param post_cost_sur, post_margin: ``[T]`` the post-adaptation ones (reused).
-    """
-    if batches == "post":
-        return post_cost_sur, post_margin
-    if batches not in OUTER_COST_BATCHES:
-        raise ValueError(f"outer cost batches {batches!r} unknown: valid {OUTER_COST_BATCHES}")
-    last = len(result.data) - 1
-    steps = [0] if batches == "pre" else range(last + 1)
-    costs, margins = [], []
-    for k in steps:
-        if k == last:
-            costs.append(post_cost_sur)
-            margins.append(post_margin)
-            continue
-        _, cost_k = meta_objectives(policy, result.trajectory[k], result.data[k])
-        costs.append(cost_k)
-        margins.append(constraint_margin(result.data[k], cost_limit).to(post_margin.dtype))
-    return torch.cat(costs), torch.cat(margins)
-
-
-def outer_cost_constraint(
-    cost_sur: Tensor,
-    margin: Tensor,
-    meta_params: Params,
-    aggregate: str,
-    cvar_fraction: float,
-    cost_margin: float,
-    retain_graph: bool,
-) -> tuple[Tensor, Tensor]:
-    """The outer step's linearised cost constraint ``b^T x + c <= 0`` on ``theta_0``.
-
-    ``b = d sum_t w_t L_C,t / d theta_0`` and ``c = sum_t w_t (J_C,t - d) + cost_margin``
-    with the weights of :func:`outer_constraint_weights` (``mean``: the gradient of
-    ``mean(L_C)`` and the mean margin, exactly as without weights).
-
-    :param cost_sur, margin: ``[T]`` post-adaptation cost surrogates (in the graph of
-        ``meta_params``) and measured margins ``J_C,t - d``.
-    :return: ``(b [P], c [])``.
-    """
-    if aggregate == "mean":
-        b = flat_gradient(cost_sur.mean(), meta_params, retain_graph=retain_graph)
-        return b, margin.mean() + cost_margin
-    weights = outer_constraint_weights(margin, aggregate, cvar_fraction).to(cost_sur.dtype)
-    b = flat_gradient((weights * cost_sur).sum(), meta_params, retain_graph=retain_graph)
-    return b, (weights * margin).sum() + cost_margin
 
 
 def outer_step(
@@ -328,56 +233,6 @@ def outer_step(
         step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
     new = unflatten_like(flat_concat(detached).detach() + step.detach(), meta_params)
     return new, {k: v.detach() for k, v in info.items()}
-
-
-def measured_line_search(
-    policy: GaussianPolicy,
-    old_params: Params,
-    new_params: Params,
-    env: Any,
-    normalizer: ObsNormalizer,
-    current_costs: Tensor,
-    cost_limit: float,
-    aggregate: str,
-    cvar_fraction: float,
-    cost_margin: float,
-    steps: int,
-    shrink: float,
-    steps_per_env: int,
-    seed: int,
-) -> tuple[Params, float, int]:
-    """Backtrack the outer step on the *measured* cost of the meta-policy.
-
-    Candidates ``theta_0 + shrink^j (theta_new - theta_0)``, ``j = 0..steps-1``, each
-    run on the iteration's tasks (one batch, the same start states and action noise for
-    every candidate). The first whose tasks' costs, combined as by
-    :func:`outer_constraint_weights`, are within ``d - cost_margin``, or (when the
-    current meta-policy violates that) no higher than the current ones, is taken; if
-    none is, ``theta_0`` is kept.
-
-    :param current_costs: ``[T]`` the current meta-policy's episode costs.
-    :return: the parameters, the scale taken (``0``: rejected) and the env steps used.
-    """
-
-    def combined(costs: Tensor) -> float:
-        margin = costs.double() - cost_limit
-        weights = outer_constraint_weights(margin, aggregate, cvar_fraction).double()
-        return float((weights * margin).sum()) + cost_margin
-
-    current = combined(current_costs)
-    old = flat_concat(old_params).detach()
-    step = flat_concat(new_params).detach() - old
-    used = 0
-    for j in range(steps):
-        scale = shrink**j
-        candidate = unflatten_like(old + scale * step, old_params)
-        generator = torch.Generator().manual_seed(seed)
-        batch = collect(env, policy, candidate, normalizer, steps_per_env, generator, seed=seed)
-        used += batch.num_steps
-        measured = combined(batch.episode_cost)
-        if measured <= 0.0 or (current > 0.0 and measured <= current):
-            return candidate, scale, used
-    return {k: v.detach() for k, v in old_params.items()}, 0.0, used
 
 
 def check_finite(

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from meta_safe.maml import flat_gradient, outer_constraint_weights, outer_cost_constraint
+from meta_safe.optim.flat_params import flat_gradient
+from meta_safe.outer_constraint import outer_constraint_weights, outer_cost_constraint
 
 
 def test_weights_select_the_costliest_tasks() -> None:
@@ -102,7 +103,7 @@ def test_constrained_costs_cover_the_chosen_batches() -> None:
     """``pre``: the meta-policy's own cost on the first batches (its gradient the plain
     policy gradient); ``every``: all K + 1 collections, step-major; ``post`` unchanged."""
     from meta_safe.adaptation import meta_objectives
-    from meta_safe.maml import constrained_costs
+    from meta_safe.outer_constraint import constrained_costs
     from meta_safe.rl.surrogate import surrogates
 
     policy, meta, result = _adaptation()
@@ -128,8 +129,8 @@ def test_measured_line_search_backtracks_on_the_measured_cost() -> None:
     """The outer step's measured line search takes the first candidate whose measured
     cost is within the limit, and keeps theta_0 when none is."""
     from meta_safe.env_factory import make_batched_env, task_distribution
-    from meta_safe.maml import measured_line_search
     from meta_safe.optim.flat_params import flat_concat
+    from meta_safe.outer_constraint import measured_line_search
     from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer
     from meta_safe.rl.rollout import collect
     from tests.tiny import compose_cfg

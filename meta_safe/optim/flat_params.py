@@ -47,3 +47,14 @@ def unflatten_like(flat: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
         out[name] = flat[offset : offset + n].view(ref.shape)
         offset += n
     return out
+
+
+def flat_gradient(objective: Tensor, params: dict[str, Tensor], retain_graph: bool) -> Tensor:
+    """``d objective / d params`` flattened ``[P]``; parameters it does not use get zeros."""
+    grads = torch.autograd.grad(
+        objective, list(params.values()), retain_graph=retain_graph, allow_unused=True
+    )
+    filled = [
+        torch.zeros_like(v) if g is None else g for v, g in zip(params.values(), grads, strict=True)
+    ]
+    return flat_concat(dict(zip(params, filled, strict=True)))
