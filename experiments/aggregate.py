@@ -41,7 +41,8 @@ def load_variant(directory: Path, stem: str) -> list[dict[str, Any]]:
             report = json.loads(path.read_text())
             suffix = stem.removeprefix("evaluation")  # "" or "_mujoco"
             wall = seed_dir / f"wall_clock{suffix}.txt"
-            report["wall_clock"] = float(wall.read_text()) if wall.exists() else math.nan
+            if wall.exists():  # none for a split the training run evaluated itself
+                report["wall_clock"] = float(wall.read_text())
             reports.append(report)
     return reports
 
@@ -104,8 +105,11 @@ def plot(summaries: dict[str, dict[str, Any]], out: Path, stem: str) -> list[Pat
         ax_r.errorbar(steps, s["mean_return"], yerr=s["mean_return_se"], marker="o", label=name)
         ax_c.errorbar(steps, s["mean_cost"], yerr=s["mean_cost_se"], marker="o", label=name)
     ax_c.axhline(limit, ls="--", color="k", label="cost limit")
-    ax_r.set(xlabel="inner steps", ylabel="episode return", title="held-out return")
-    ax_c.set(xlabel="inner steps", ylabel="episode cost", title="held-out cost")
+    ax_r.set(xlabel="inner steps", ylabel="episode return", title=f"return ({stem})")
+    ax_c.set(xlabel="inner steps", ylabel="episode cost", title=f"cost ({stem})")
+    steps = range(next(iter(summaries.values()))["steps"])
+    for ax in (ax_r, ax_c):
+        ax.set_xticks(list(steps))
     ax_c.legend(fontsize=8)
     fig.tight_layout()
     curves = out / f"{stem}_curves.png"
