@@ -2,12 +2,12 @@
 
 For each task and each ``k = 0..K`` (``k = 0``: before adapting) the mean episode
 return and cost of the policy after ``k`` inner steps, and whether that cost is within
-the limit. By default (``evaluation.policy=sample``) these are measured on the batch the
-stochastic policy collects for its next update. ``evaluation.policy=fresh`` measures
-separate episodes instead (used for nothing else; the default under a step check, whose
-accepted batches passed a test on their own cost), ``mean`` separate episodes of the
-mean action, and
-``evaluation.cost_discount < 1`` reports discounted episode costs.
+the limit. ``evaluation.policy`` says where they are measured: ``sample``, on the batch
+the stochastic policy collects for its next update; ``fresh``, on separate episodes of
+it, used for nothing else; ``mean``, on separate episodes of its mean action; ``auto``
+(the default), ``fresh`` under a step check (whose accepted batches passed a test on
+their own cost) and ``sample`` otherwise. ``evaluation.cost_discount < 1`` reports
+discounted episode costs.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from meta_safe.rl.surrogate import AdvantageConfig
 from meta_safe.step_check import StepCheck
 from stochastic_circle.tasks import CircleTask
 
-MEAN_POLICY_SEED_OFFSET = 7919
-"""Separate evaluation episodes use env seed ``evaluation.seed + offset``: start states of their
-own, apart from the adaptation batches'."""
+SEPARATE_EPISODES_SEED_OFFSET = 7919
+"""Separate evaluation episodes use env seed ``evaluation.seed + offset``: start states
+of their own, apart from the adaptation batches'."""
 
 
 @dataclass
@@ -207,12 +207,14 @@ def evaluate_adaptation(
         measure = "fresh" if step_check is not None else "sample"
     measured: list[Batch] = result.batches
     if measure in ("mean", "fresh"):
-        eval_env = make_batched_env(env_cfg, tasks, envs_per_task, seed + MEAN_POLICY_SEED_OFFSET)
+        eval_env = make_batched_env(
+            env_cfg, tasks, envs_per_task, seed + SEPARATE_EPISODES_SEED_OFFSET
+        )
         generator = torch.Generator().manual_seed(seed)
         with normalizer.frozen_statistics():
             measured = [
                 collect(eval_env, policy, p, normalizer, steps_per_env, generator, True,
-                        seed=seed + MEAN_POLICY_SEED_OFFSET, deterministic=measure == "mean")
+                        seed=seed + SEPARATE_EPISODES_SEED_OFFSET, deterministic=measure == "mean")
                 for p in result.policies
             ]  # fmt: skip
     returns = torch.stack([b.episode_return for b in measured], 1).tolist()

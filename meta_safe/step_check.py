@@ -13,7 +13,9 @@ that proposed the rejected one). Accepted tasks keep their first batch.
 Rejected candidates did run in the environment: their steps are counted and their
 number per task and step is reported (:class:`StepCheckRecord`), so a user sees what
 the test cost. The shrink factors are constants of the graph, so an adaptation with the
-test stays differentiable in the initial parameters.
+test stays differentiable in the initial parameters. The meta-optimizer's own state
+(multipliers, overshoot history, LSTM memory) advances as if the proposed step had been
+taken.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def test_mean_policy_evaluation_reports_mean_action_episodes() -> None:
     discounted cost on the evaluation envs; after adapting, the stochastic batches that
     drove the updates are not what is reported."""
     from meta_safe import evaluate_meta_state, init_meta
-    from meta_safe.evaluation import MEAN_POLICY_SEED_OFFSET, evaluation_tasks
+    from meta_safe.evaluation import SEPARATE_EPISODES_SEED_OFFSET, evaluation_tasks
     from tests.tiny import tiny_cfg
 
     overrides = ["evaluation.tasks=2", "evaluation.inner_steps=1", "evaluation.envs_per_task=2",
@@ -71,7 +71,7 @@ def test_mean_policy_evaluation_reports_mean_action_episodes() -> None:
     sampled = evaluate_meta_state(setup, state, tiny_cfg(*overrides))
     assert len(report.returns[0]) == 2
     tasks = evaluation_tasks(cfg)
-    seed = cfg.evaluation.seed + MEAN_POLICY_SEED_OFFSET
+    seed = cfg.evaluation.seed + SEPARATE_EPISODES_SEED_OFFSET
     env = make_batched_env(cfg.env, tasks, 2, seed)
     with state.normalizer.frozen_statistics():
         batch = collect(env, setup.policy, state.meta_params, state.normalizer, 40,
