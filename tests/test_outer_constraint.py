@@ -167,3 +167,42 @@ def test_measured_line_search_backtracks_on_the_measured_cost() -> None:
     kept, scale, used = measured_line_search(policy, old, new, *args, 0.0, *two_steps)
     assert scale == 0.0 and used == 2 * 2 * 2 * 200
     assert torch.allclose(flat_concat(kept), flat_concat(old))
+
+
+def test_every_step_constraint_gradient_matches_finite_differences() -> None:
+    """``b`` of the ``every`` constraint (mean over steps and tasks) against central
+    finite differences of the same function of theta_0, data held fixed."""
+    from meta_safe.adaptation import AdaptationResult, meta_objectives
+    from meta_safe.optim.flat_params import flat_concat, unflatten_like
+    from meta_safe.outer_constraint import constrained_costs
+
+    policy, meta, result = _adaptation()
+    data = result.data
+
+    def trajectory_of(theta: dict) -> list[list[dict]]:
+        return [[{n: v * (1 + 0.1 * k * (t + 1)) for n, v in theta.items()} for t in range(2)]
+                for k in range(len(data))]  # fmt: skip
+
+    def mean_cost(theta: dict) -> torch.Tensor:
+        traj = trajectory_of(theta)
+        res = AdaptationResult(traj[-1], [], data, [], trajectory=traj)
+        post = meta_objectives(policy, traj[-1], data[-1])[1]
+        costs, _ = constrained_costs(policy, res, post, torch.zeros(2, dtype=post.dtype),
+                                     "every", 5.0)  # fmt: skip
+        return costs.mean()
+
+    traj = trajectory_of(meta)
+    res = AdaptationResult(traj[-1], [], data, [], trajectory=traj)
+    post = meta_objectives(policy, traj[-1], data[-1])[1]
+    costs, margins = constrained_costs(policy, res, post, torch.zeros(2, dtype=post.dtype),
+                                       "every", 5.0)  # fmt: skip
+    b, _ = outer_cost_constraint(costs, margins, meta, "mean", 0.5, 0.0, retain_graph=False)
+    flat = flat_concat({k: v.detach() for k, v in meta.items()})
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        direction = torch.randn(flat.shape, generator=generator, dtype=flat.dtype)
+        eps = 1e-6
+        plus = mean_cost(unflatten_like(flat + eps * direction, meta))
+        minus = mean_cost(unflatten_like(flat - eps * direction, meta))
+        numeric = (plus - minus) / (2 * eps)
+        assert torch.allclose(b @ direction, numeric, rtol=1e-5, atol=1e-8)
