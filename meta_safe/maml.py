@@ -231,8 +231,46 @@ def outer_step(
             policy, detached, merged, [g, b], damping, cg_iters, False, fisher_stride
         )
         step, info = cpo_step(g, b, margin.to(g.dtype), hg, hb, trust_radius, solver="closed_form")
-    new = unflatten_like(flat_concat(detached).detach() + step.detach(), meta_params)
-    return new, {k: v.detach() for k, v in info.items()}
+    scale = kl_backtrack(policy, detached, step.detach(), merged.obs, KL_TOLERANCE * trust_radius)
+    new = unflatten_like(flat_concat(detached).detach() + scale * step.detach(), meta_params)
+    return new, {**{k: v.detach() for k, v in info.items()}, "kl_scale": torch.tensor(scale)}
+
+
+KL_TOLERANCE = 4.0
+"""An outer step whose measured KL exceeds ``KL_TOLERANCE * delta`` is shrunk: a guard
+against steps far outside the trust region (regular outer steps measured up to about
+2.2 delta in the published runs, which this leaves untouched)."""
+
+
+@torch.no_grad()
+def kl_backtrack(
+    policy: GaussianPolicy,
+    params: Params,
+    step: Tensor,
+    obs: Tensor,
+    max_kl: float,
+    shrink: float = 0.5,
+    max_halvings: int = 40,
+) -> float:
+    """Largest ``shrink^j`` (``j < max_halvings``, else 0) whose step keeps the *measured*
+    mean KL on ``obs [N, D]`` finite and within ``max_kl``.
+
+    The CPO step stays inside the quadratic trust region only when ``[[q, r], [r, s]]``
+    is a true Gram matrix; with conjugate-gradient solutions it can be indefinite when
+    ``g`` and ``b`` are nearly parallel, and the closed form then divides by a vanishing
+    multiplier (a step that moved parameters by 1e4 was seen). Normal steps pass at ``j = 0``.
+    """
+    base = flat_concat(params)
+    old_mean, old_std = policy.distribution(params, obs)
+    scale = 1.0
+    for _ in range(max_halvings):
+        candidate = unflatten_like(base + scale * step, params)
+        mean, std = policy.distribution(candidate, obs)
+        kl = gaussian_kl(old_mean, old_std, mean, std).mean()
+        if bool(torch.isfinite(kl)) and float(kl) <= max_kl:
+            return scale
+        scale *= shrink
+    return 0.0
 
 
 def check_finite(
@@ -386,6 +424,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         "multiplier": float(torch.stack(lam).mean()) if lam else math.nan,
         "outer_kl": outer_kl,
         "outer_case": float(info["case"]),
+        "outer_kl_scale": float(info["kl_scale"]),
         "rule_grad_norm": rule_grad_norm,
         "outer_step_scale": outer_scale,
         "env_steps": float(

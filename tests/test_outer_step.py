@@ -55,3 +55,36 @@ def test_unconstrained_outer_step_is_the_scaled_natural_gradient() -> None:
     )
     assert int(cpo_info["case"]) in (1, 2)
     assert not torch.allclose(flat_concat(cpo_new), flat_concat(new))
+
+
+def test_outer_step_is_shrunk_to_the_measured_trust_region() -> None:
+    """``kl_backtrack``: a step far outside the trust region (as an indefinite CG Gram
+    matrix produces) is halved until its measured KL is within the bound; a step inside
+    is taken whole; ``outer_step`` applies it at ``KL_TOLERANCE * delta``."""
+    from meta_safe.maml import KL_TOLERANCE
+
+    assert KL_TOLERANCE > 1
+    from meta_safe.maml import kl_backtrack
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(obs_dim=3, act_dim=2, hidden=[4]).double()
+    params = policy.init_params()
+    obs = torch.randn(128, 3, dtype=torch.float64)
+    size = flat_concat(params).numel()
+    direction = torch.randn(size, dtype=torch.float64)
+
+    def measured_kl(step: torch.Tensor) -> float:
+        new = unflatten_like(flat_concat(params) + step, params)
+        old_mean, old_std = policy.distribution(params, obs)
+        mean, std = policy.distribution(new, obs)
+        return float(gaussian_kl(old_mean, old_std, mean, std).mean())
+
+    small = 1e-3 * direction
+    assert measured_kl(small) < 0.01
+    assert kl_backtrack(policy, params, small, obs, 0.015) == 1.0
+    huge = 1e4 * direction
+    assert not measured_kl(huge) <= 0.015  # far outside (or not even finite)
+    scale = kl_backtrack(policy, params, huge, obs, 0.015)
+    assert 0 < scale < 1e-3
+    assert measured_kl(scale * huge) <= 0.015
+    assert measured_kl(2 * scale * huge) > 0.015  # the largest halving that fits
