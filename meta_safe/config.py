@@ -33,7 +33,7 @@ OUTER_STEPS = ("auto", "cpo", "trpo")
 it, ``auto`` picks ``trpo`` for a meta-optimizer that ignores cost and ``cpo`` otherwise."""
 
 OUTER_CONSTRAINTS = ("mean", "worst", "cvar")
-"""How the outer step combines the tasks' post-adaptation cost constraints: their mean,
+"""How the outer step combines the tasks' cost constraints: their mean,
 the worst task's, or the mean of the costliest ``meta.outer_cvar_fraction`` of them
 (:func:`meta_safe.outer_constraint.outer_constraint_weights`)."""
 OUTER_COST_BATCHES = ("post", "pre", "every")
