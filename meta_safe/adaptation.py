@@ -16,7 +16,7 @@ from torch import Tensor
 from meta_safe.data_source import InnerDataSource
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rl.rollout import Batch, stack_params
+from meta_safe.rl.rollout import Batch, behaviour_params
 from meta_safe.rl.surrogate import PolicyData, surrogates
 from meta_safe.step_check import StepCheck, StepCheckRecord, checked_step
 
@@ -81,7 +81,7 @@ def adapt(
     previous, previous_batch = params, None
     for k in range(inner_steps + 1):
         start = time.perf_counter()
-        behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+        behaviour = behaviour_params(params)
         supplier = post_source if k == inner_steps else source
         inner = supplier.inner_batch(k, policy, behaviour, normalizer, generator, seed + k)
         if step_check is not None and previous_batch is not None:
@@ -90,7 +90,7 @@ def adapt(
                 previous, previous_batch, params, inner,
             )  # fmt: skip
             checks.append(record)
-            behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+            behaviour = behaviour_params(params)
         policies.append(behaviour)
         trajectory.append(params)
         previous, previous_batch = params, inner

@@ -51,9 +51,9 @@ from meta_safe.outer_constraint import (
     measured_line_search,
     outer_cost_constraint,
 )
-from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_kl
+from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import Batch
-from meta_safe.rl.surrogate import AdvantageConfig, PolicyData
+from meta_safe.rl.surrogate import AdvantageConfig, PolicyData, mean_kl
 from meta_safe.step_check import StepCheck
 from stochastic_circle.tasks import CircleTask, TaskDistribution
 
@@ -261,12 +261,9 @@ def kl_backtrack(
     multiplier (a step that moved parameters by 1e4 was seen). Normal steps pass at ``j = 0``.
     """
     base = flat_concat(params)
-    old_mean, old_std = policy.distribution(params, obs)
     scale = 1.0
     for _ in range(max_halvings):
-        candidate = unflatten_like(base + scale * step, params)
-        mean, std = policy.distribution(candidate, obs)
-        kl = gaussian_kl(old_mean, old_std, mean, std).mean()
+        kl = mean_kl(policy, unflatten_like(base + scale * step, params), params, obs)
         if bool(torch.isfinite(kl)) and float(kl) <= max_kl:
             return scale
         scale *= shrink
@@ -385,11 +382,9 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
             policy, meta, result.data[0], g, b, outer_margin, meta_cfg.outer_trust_radius,
             meta_cfg.outer_damping, meta_cfg.outer_cg_iters, meta_cfg.outer_fisher_stride,
         )  # fmt: skip
+        obs = result.batches[0].obs.reshape(-1, policy.obs_dim)
         with torch.no_grad():
-            obs = result.batches[0].obs.reshape(-1, policy.obs_dim)
-            old_mean, old_std = policy.distribution(state.meta_params, obs)
-            new_mean, new_std = policy.distribution(new_params, obs)
-            outer_kl = float(gaussian_kl(old_mean, old_std, new_mean, new_std).mean())
+            outer_kl = float(mean_kl(policy, new_params, state.meta_params, obs))
         check_finite(new_params, outer_kl, state.meta_optimizer, i + 1)
         outer_scale, search_steps = 1.0, 0
         if meta_cfg.outer_line_search_steps > 0:
@@ -400,6 +395,8 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
                 meta_cfg.outer_line_search_steps, meta_cfg.outer_line_search_shrink,
                 meta_cfg.steps_per_env, iteration_seed(cfg.seed, i, 5),
             )  # fmt: skip
+            with torch.no_grad():  # the KL of the step actually taken
+                outer_kl = float(mean_kl(policy, new_params, state.meta_params, obs))
     for batch in result.batches:
         state.normalizer.update(batch.raw_obs)
     outer_time = time.perf_counter() - start

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from meta_safe.data_source import InnerBatch, InnerDataSource
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
-from meta_safe.rl.rollout import Batch, stack_params
+from meta_safe.rl.rollout import Batch, behaviour_params
 
 RETRY_SEED_STRIDE = 1_000
 """Retry ``j`` of collection ``k`` uses env seed ``seed + k + j * RETRY_SEED_STRIDE``."""
@@ -112,27 +112,29 @@ def checked_step(
     threshold = check.cost_limit - check.margin
     bad = rejected(batch.real.episode_cost, previous_cost, threshold)
     params, extra = proposed, 0
+
+    def recollect(attempt: int) -> tuple[list[Params], InnerBatch]:
+        """The policies stepped by ``scale`` and a fresh batch of them (all tasks run)."""
+        stepped = blend(previous, proposed, scale)
+        again = source.inner_batch(k, policy, behaviour_params(stepped), normalizer, generator,
+                                   seed + attempt * RETRY_SEED_STRIDE)  # fmt: skip
+        return stepped, again
+
     for retry in range(1, check.tries):
         if not bool(bad.any()):
             break
         count += bad.long()
         scale = torch.where(bad, scale * check.shrink, scale)
-        params = blend(previous, proposed, scale)
-        behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
-        retry_seed = seed + retry * RETRY_SEED_STRIDE
-        again = source.inner_batch(k, policy, behaviour, normalizer, generator, retry_seed)
+        params, again = recollect(retry)
         extra += again.real.num_steps
         batch = merge(batch, again, bad)
         bad = bad & rejected(again.real.episode_cost, previous_cost, threshold)
     if bool(bad.any()):
+        # Keep the previous policy, with a fresh batch: the next step must not see the
+        # same data (it would propose the same rejected step again).
         count += bad.long()
         scale = torch.where(bad, torch.zeros_like(scale), scale)
-        params = blend(previous, proposed, scale)
-        # A fresh batch of the kept policy: the next step must not see the same data (it
-        # would propose the same rejected step again).
-        behaviour = stack_params([{n: v.detach() for n, v in p.items()} for p in params])
-        fresh_seed = seed + check.tries * RETRY_SEED_STRIDE
-        again = source.inner_batch(k, policy, behaviour, normalizer, generator, fresh_seed)
+        params, again = recollect(check.tries)
         extra += again.real.num_steps
         batch = merge(batch, again, bad)
     return params, batch, StepCheckRecord(count, scale, extra)

@@ -100,6 +100,11 @@ def stack_params(params: list[Params]) -> Params:
     return {k: torch.stack([p[k] for p in params]) for k in params[0]}
 
 
+def behaviour_params(params: list[Params]) -> Params:
+    """The per-task policies as detached ``[T, ...]`` tensors, to collect data with."""
+    return stack_params([{n: v.detach() for n, v in p.items()} for p in params])
+
+
 def action_means(
     policy: GaussianPolicy, params: Params, per_task: bool
 ) -> Callable[[Tensor], Tensor]:
