@@ -15,12 +15,13 @@ standard error of those per-seed means (so the error bars are across seeds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
+
+from meta_safe.cli.errors import ArgumentParser, run_cli
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -161,7 +162,7 @@ def stems_in(root: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "directory",
         help="output directory of run_variants.py (with --all: a directory of them, e.g. runs)",
@@ -184,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -10,13 +10,13 @@ wall times (forward + backward of ``sum(step)`` w.r.t. g, b and c).
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
 
 import torch
 
+from meta_safe.cli.errors import ArgumentParser, run_cli
 from meta_safe.optim.cpo_step import CASE_ACTIVE, cpo_step
 
 
@@ -47,7 +47,7 @@ def time_solve_backward(solver: str, batch, delta: float, repeats: int) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per cell")
     parser.add_argument("--params", type=int, default=1312, help="policy parameter count P")
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 32])
@@ -74,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

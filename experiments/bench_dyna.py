@@ -18,7 +18,6 @@ return (log-linear interpolation between the measured budgets), and the ratio::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -30,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregate import mean_se  # noqa: E402
 from run_variants import run, train_and_evaluate  # noqa: E402
+
+from meta_safe.cli.errors import ArgumentParser, run_cli
 
 VARIANTS = {"none": ["dyna=none"], "ensemble": ["dyna=ensemble"], "known": ["dyna=known"]}
 
@@ -100,7 +101,7 @@ def steps_to_match(curve: list[dict[str, float]], target: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/dyna")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--jobs", type=int, default=2)
@@ -182,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

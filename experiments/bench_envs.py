@@ -12,7 +12,6 @@ AsyncVectorEnv); the torch batched backend at 1, 64 and 4096 envs (if present).
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from meta_safe.cli.errors import ArgumentParser, run_cli
 from stochastic_circle.mujoco_backend import EPISODE_LENGTH, MujocoCircleEnv, make_vector_env
 from stochastic_circle.tasks import CircleTask
 
@@ -141,7 +141,7 @@ def markdown_table(results: list[Result], stock: Result) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=4, help="full episodes per env")
     parser.add_argument("--quick", action="store_true", help="1 episode, smaller torch batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of actions and start states")
@@ -165,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

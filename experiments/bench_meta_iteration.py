@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meta_safe.cli.errors import ArgumentParser, run_cli
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 RESULT_PREFIX = "BENCH_RESULT "
@@ -63,13 +65,10 @@ def peak_rss_bytes(who: int) -> int:
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build a :class:`MetaTrainer` from ``spec['overrides']`` and time its iterations."""
-    from hydra import compose, initialize_config_dir
-
-    from meta_safe.config import validate
+    from meta_safe.config import compose_config
     from meta_safe.trainer import MetaTrainer
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = validate(compose("config", overrides=spec["overrides"]))
+    cfg = compose_config(spec["overrides"])
     with tempfile.TemporaryDirectory(prefix="bench_meta_") as run_dir:
         start = time.perf_counter()
         trainer = MetaTrainer(cfg, run_dir)
@@ -114,7 +113,7 @@ def fmt_ratio(reference: float, ours: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=2, help="timed meta-iterations")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 iteration, 100 steps")
     parser.add_argument("--backends", default="torch,mujoco", help="comma list: torch,mujoco")
@@ -249,4 +248,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

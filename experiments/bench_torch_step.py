@@ -18,13 +18,13 @@ reported separately and excluded from the per-step times.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from meta_safe.cli.errors import ArgumentParser, run_cli
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import BatchedCircleEnv, env_step, fast_env_step
 
@@ -92,7 +92,7 @@ def bench_size(num_tasks: int, num_envs: int, steps: int, repeats: int) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=7, help="timed blocks per variant")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -118,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

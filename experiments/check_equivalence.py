@@ -12,13 +12,14 @@ behaviour::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from meta_safe.cli.errors import ArgumentParser, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = [
@@ -81,7 +82,7 @@ def strip_times(value: object) -> object:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path, help="store the fingerprints here")
     parser.add_argument("--compare", type=Path, help="compare with fingerprints stored here")
     args = parser.parse_args()
@@ -107,4 +108,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

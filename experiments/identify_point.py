@@ -11,13 +11,13 @@ prediction error, and prints the fitted constants and per-dimension RMSE.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
 import mujoco
 import numpy as np
 import torch
 
+from meta_safe.cli.errors import ArgumentParser, run_cli
 from stochastic_circle.compat import import_safety_gymnasium
 from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import PointDynamics, TaskTensors, physics_step
@@ -83,7 +83,7 @@ def fit(states: np.ndarray, actions: np.ndarray, next_states: np.ndarray) -> Poi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -104,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,7 +18,6 @@ the share of evaluations within the limit, and the return over the first and las
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from meta_safe.cli.errors import ArgumentParser, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = "[[2.31,1.409]]"
@@ -103,7 +104,7 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="variant directories holding seed*/checkpoint.pt")
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--envs", type=int, default=6, help="envs of 500 steps per update")
@@ -131,4 +132,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -17,14 +17,13 @@ to them::
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from meta_safe.config import CONFIG_DIR, validate
+from meta_safe.cli.errors import ArgumentParser, run_cli
+from meta_safe.config import compose_config
 from meta_safe.evaluation import AdaptationReport, evaluation_tasks
 from meta_safe.maml import probe_obs_dim
 from meta_safe.meta_optimizers import build_meta_optimizer
@@ -34,15 +33,14 @@ from meta_safe.single_task import train_single_task
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--stem", default="evaluation", help="report name (evaluation[_<name>])")
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. env.cost_limit=25")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = validate(compose("config", overrides=args.overrides))
+    cfg = compose_config(args.overrides)
     ev = cfg.evaluation
     tasks = evaluation_tasks(cfg)
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -84,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

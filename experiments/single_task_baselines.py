@@ -14,15 +14,14 @@ return and cost, wall-clock and env steps per second of the whole training loop 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from meta_safe.config import CONFIG_DIR, validate
+from meta_safe.cli.errors import ArgumentParser, run_cli
+from meta_safe.config import compose_config
 from meta_safe.env_factory import task_distribution
 from meta_safe.maml import probe_obs_dim, step_check_of
 from meta_safe.meta_optimizers import build_meta_optimizer
@@ -42,7 +41,7 @@ def above_limit(costs: list[float], limit: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rules", default="cpo_layer,lagrangian,trpo")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--envs", type=int, default=8)
@@ -55,8 +54,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows, curves = [], {}
     for name in args.rules.split(","):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = validate(compose("config", overrides=[f"meta_optimizer={name}", *args.overrides]))
+        cfg = compose_config([f"meta_optimizer={name}", *args.overrides])
         torch.set_num_threads(cfg.runtime.torch_threads)
         results = []
         for seed in seeds:
@@ -148,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

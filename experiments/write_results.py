@@ -11,13 +11,14 @@ and wall-clock, and either ``summary`` (a ``<stem>_summary.json`` of
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from aggregate import table
+
+from meta_safe.cli.errors import ArgumentParser, run_cli
+from meta_safe.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results"
@@ -81,14 +82,13 @@ def render(manifest: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if results.md is stale")
     args = parser.parse_args()
     try:
         text = render(json.loads((RESULTS / "manifest.json").read_text()))
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UserError(str(error)) from error
     if args.check:
         current = OUTPUT.read_text() if OUTPUT.is_file() else ""
         if current != text:
@@ -101,4 +101,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -13,23 +13,28 @@ The public API::
 
 from meta_safe.adaptation import AdaptationResult, adapt
 from meta_safe.config import TrainConfig, compose_config, validate
+from meta_safe.errors import CheckpointError, ConfigError, RunDirError, UserError
 from meta_safe.evaluation import AdaptationReport, evaluate_adaptation, evaluate_meta_state
 from meta_safe.maml import MetaSetup, MetaState, init_meta, meta_step
 from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.trainer import MetaTrainer, train
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "AdaptationReport",
     "AdaptationResult",
+    "CheckpointError",
+    "ConfigError",
     "InnerContext",
     "MetaOptimizer",
     "MetaSetup",
     "MetaState",
     "MetaTrainer",
+    "RunDirError",
     "TrainConfig",
+    "UserError",
     "__version__",
     "adapt",
     "build_meta_optimizer",

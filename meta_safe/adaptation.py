@@ -104,11 +104,25 @@ def adapt(
             break
         start = time.perf_counter()
         params, state, step_metrics = meta_optimizer.step(policy, params, state, inner.data, ctx)
+        check_finite_step(params, k)
         metrics.append(step_metrics)
         times["inner_update"] += time.perf_counter() - start
     return AdaptationResult(
         params, batches, datas, metrics, times, infos, policies, trajectory, checks
     )
+
+
+def check_finite_step(params: list[Params], k: int) -> None:
+    """Stop before a non-finite inner step is rolled out (its NaN actions would surface
+    later as an unrelated error).
+
+    :raises FloatingPointError: naming the step and the tasks.
+    """
+    bad = [t for t, p in enumerate(params) if not all(torch.isfinite(v).all() for v in p.values())]
+    if bad:
+        raise FloatingPointError(
+            f"inner step {k + 1} produced non-finite policy parameters for task(s) {bad}"
+        )
 
 
 def meta_objectives(

@@ -9,6 +9,7 @@ constructor arguments of the class named by ``_target_``, checked there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from meta_safe.dyna.registry import register_configs as register_dyna_configs
+from meta_safe.errors import ConfigError
 from meta_safe.meta_optimizers import register_configs as register_meta_optimizer_configs
 from meta_safe.rl.surrogate import AdvantageConfig
 from stochastic_circle.tasks import REFERENCE_LEVELS
@@ -183,7 +186,8 @@ class TrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0  # seeds tasks, start states, action noise and initial weights
     resume: bool = False  # continue the run in run_dir from its checkpoint (exactly)
-    run_dir: str | None = None  # null: hydra's output directory (runs/<date>_<meta_optimizer>)
+    overwrite: bool = False  # replace the run already in run_dir (else a new run refuses it)
+    run_dir: str | None = None  # null: a new directory runs/<date>_<time>_<meta_optimizer>
     checkpoint_every: int = 1  # meta-iterations between (atomic) checkpoints
     evaluate_after: bool = True  # adapt on held-out tasks when training ends, print the table
 
@@ -224,6 +228,8 @@ POSITIVE: tuple[str, ...] = (
     "critic.minibatch",
 )
 NON_NEGATIVE: tuple[str, ...] = (
+    "seed",
+    "evaluation.seed",
     "meta.inner_steps",
     "evaluation.inner_steps",
     "env.cost_limit",
@@ -242,6 +248,53 @@ LEGACY_META_OPTIMIZER_KEYS = {"outer_step": "meta.outer_step", "learnable_outer_
 PRE_SAFETY_OUTER = {"outer_cost_batches": "post", "outer_cost_margin": 0.0}
 """What the outer step constrained before ``meta.outer_cost_batches`` and
 ``meta.outer_cost_margin`` existed (a full older config lacks them)."""
+
+
+RESUME_MUTABLE: tuple[str, ...] = (
+    "meta.iterations",
+    "evaluation",
+    "evaluate_after",
+    "checkpoint_every",
+    "runtime",
+    "env.step_threads",
+    "resume",
+    "overwrite",
+    "run_dir",
+)
+"""Keys (or whole sections) a resumed run may change: none of them changes what is
+learned in an iteration. Any other difference from the checkpoint's configuration is
+refused (:func:`resume_differences`)."""
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def resume_differences(saved: dict[str, Any], requested: DictConfig) -> dict[str, tuple]:
+    """``key -> (saved value, requested value)`` for every key outside
+    :data:`RESUME_MUTABLE` whose value differs. ``saved`` is a checkpoint's config
+    (validated here, so older configs are migrated and gain new keys' defaults)."""
+    before = _flatten(OmegaConf.to_container(validate(OmegaConf.create(saved))))
+    after = _flatten(OmegaConf.to_container(requested))
+    if after.get("meta.outer_step") == "auto":  # resolved by the rule when training starts
+        after["meta.outer_step"] = before.get("meta.outer_step")
+    differences = {
+        key: (before.get(key), after.get(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+        and not any(key == m or key.startswith(m + ".") for m in RESUME_MUTABLE)
+    }
+    for group in ("meta_optimizer", "dyna"):  # another option: name it, not its keys
+        name = f"{group}.name"
+        if name in differences:
+            differences = {k: v for k, v in differences.items() if not k.startswith(group + ".")}
+            differences[group] = (before.get(name), after.get(name))
+    return differences
 
 
 def migrate(cfg: DictConfig) -> DictConfig:
@@ -276,7 +329,7 @@ def _check_finite(node: Any, prefix: str = "") -> None:
         if isinstance(value, dict | list):
             _check_finite(value, name)
         elif isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name}={value} is invalid: must be a finite number")
+            raise ConfigError(f"{name}={value} is invalid: must be a finite number")
 
 
 FREE_FORM = ("meta_optimizer", "dyna")
@@ -291,68 +344,150 @@ def _check_known_keys(node: dict, schema: dict, prefix: str = "") -> None:
             continue
         if key not in schema:
             where = f"under {prefix[:-1]}" if prefix else "at the top level"
-            raise ValueError(f"{name} is not a known key: valid keys {where} are {list(schema)}")
+            raise ConfigError(f"{name} is not a known key: valid keys {where} are {list(schema)}")
         if isinstance(value, dict) and isinstance(schema[key], dict):
             _check_known_keys(value, schema[key], f"{name}.")
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """Merge ``cfg`` onto the schema and check values; raise ``ValueError`` naming the bad one."""
+    """Merge ``cfg`` onto the schema and check values, ranges and combinations.
+
+    :raises ConfigError: (a ``ValueError``) naming the bad key, its value and what is valid.
+    """
     cfg = migrate(cfg)
     schema = OmegaConf.structured(TrainConfig)
     _check_known_keys(OmegaConf.to_container(cfg), OmegaConf.to_container(schema))
     try:
         merged = OmegaConf.merge(schema, cfg)
     except Exception as error:  # omegaconf raises several types; all mean "bad config"
-        raise ValueError(f"invalid configuration: {error}") from error
+        raise ConfigError(f"invalid configuration: {_omegaconf_message(error)}") from error
     _check_finite(OmegaConf.to_container(merged))
     for key, choices in CHOICES.items():
         value = OmegaConf.select(merged, key)
         if value not in choices:
-            raise ValueError(f"{key}={value!r} is invalid: valid choices are {list(choices)}")
+            raise ConfigError(f"{key}={value!r} is invalid: valid choices are {list(choices)}")
     for key in POSITIVE:
         value = OmegaConf.select(merged, key)
         if not value > 0:
-            raise ValueError(f"{key}={value!r} is invalid: must be > 0")
+            raise ConfigError(f"{key}={value!r} is invalid: must be > 0")
     for key in NON_NEGATIVE:
         value = OmegaConf.select(merged, key)
         if value < 0:
-            raise ValueError(f"{key}={value!r} is invalid: must be >= 0")
+            raise ConfigError(f"{key}={value!r} is invalid: must be >= 0")
     tries = merged.evaluation.step_check_tries
     if tries is not None and tries < 0:
-        raise ValueError(
+        raise ConfigError(
             f"evaluation.step_check_tries={tries!r} is invalid: must be >= 0 (or null)"
         )
     for key in ("meta.outer_line_search_shrink", "meta.step_check_shrink"):
         shrink = OmegaConf.select(merged, key)
         if not 0 < shrink < 1:
-            raise ValueError(f"{key}={shrink!r} is invalid: must lie in (0, 1)")
+            raise ConfigError(f"{key}={shrink!r} is invalid: must lie in (0, 1)")
     discount = merged.evaluation.cost_discount
     if not 0 < discount <= 1:
-        raise ValueError(f"evaluation.cost_discount={discount!r} is invalid: must lie in (0, 1]")
+        raise ConfigError(f"evaluation.cost_discount={discount!r} is invalid: must lie in (0, 1]")
     for split in merged.evaluation.also_splits:
         if split not in SPLITS:
-            raise ValueError(
+            raise ConfigError(
                 f"evaluation.also_splits contains {split!r}: valid splits are {list(SPLITS)}"
             )
+    if merged.resume and merged.overwrite:
+        raise ConfigError(
+            "resume=true and overwrite=true contradict each other: resume continues the "
+            "run in run_dir, overwrite replaces it; pass one"
+        )
     fraction = merged.meta.outer_cvar_fraction
     if not 0 < fraction <= 1:
-        raise ValueError(f"meta.outer_cvar_fraction={fraction!r} is invalid: must lie in (0, 1]")
+        raise ConfigError(f"meta.outer_cvar_fraction={fraction!r} is invalid: must lie in (0, 1]")
     lr = merged.meta.learned_rule_lr
     if lr is not None and not lr > 0:
-        raise ValueError(f"meta.learned_rule_lr={lr!r} is invalid: must be > 0 (or null)")
+        raise ConfigError(f"meta.learned_rule_lr={lr!r} is invalid: must be > 0 (or null)")
     if merged.env.backend == "torch" and merged.env.robot != "point":
-        raise ValueError(
+        raise ConfigError(
             f"env.robot={merged.env.robot!r} is not available on env.backend='torch': "
             "valid robots there are ['point'] (use env.backend=mujoco for 'car')"
         )
+    _check_task_ranges(merged.env)
+    _check_components(merged)
     return merged
+
+
+def _omegaconf_message(error: Exception) -> str:
+    """The first line of an omegaconf error, with the key it names (``full_key``) and,
+    for an unknown key, the valid ones."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    message = f"{key}: {first}" if key and key not in first else first
+    schema = getattr(error, "object_type", None)
+    if isinstance(error, ConfigKeyError | ConfigAttributeError) and dataclasses.is_dataclass(
+        schema
+    ):
+        valid = [f.name for f in dataclasses.fields(schema) if f.name not in ("name", "_target_")]
+        message += f": valid keys are {valid}"
+    return message
+
+
+def _key_of(section: DictConfig, name: str, prefix: str) -> str | None:
+    """The full key of the first ``name`` in ``section`` (depth first), else ``None``."""
+    if name in section:
+        return f"{prefix}.{name}"
+    for key, value in section.items():
+        if isinstance(value, DictConfig) and (found := _key_of(value, name, f"{prefix}.{key}")):
+            return found
+    return None
+
+
+def _check_task_ranges(env: DictConfig) -> None:
+    """Every split's ranges make a valid task distribution (ordered, positive, in the arena)."""
+    from meta_safe.env_factory import task_distribution
+
+    for split in SPLITS:
+        try:
+            task_distribution(env, split)
+        except ValueError as error:
+            raise ConfigError(f"env.{split}.{error}") from error
+
+
+def _check_components(cfg: DictConfig) -> None:
+    """The chosen meta-optimizer and Dyna settings build (their constructors check their
+    arguments), and Dyna fits the backend."""
+    from hydra.errors import InstantiationException
+
+    from meta_safe.dyna import build_dyna
+    from meta_safe.meta_optimizers import build_meta_optimizer
+
+    builds = {
+        "meta_optimizer": lambda: build_meta_optimizer(cfg.meta_optimizer),
+        "dyna": lambda: build_dyna(cfg.dyna, cfg.env),
+    }
+    for section, build in builds.items():
+        try:
+            build()
+        except (ValueError, TypeError, InstantiationException) as error:
+            cause = error.__cause__ if isinstance(error, InstantiationException) else error
+            if not isinstance(cause, ValueError | TypeError):
+                raise
+            message = " ".join(str(cause).split())
+            name = message.split("=", 1)[0]
+            if "=" in message and name.isidentifier() and name != section:
+                key = _key_of(cfg[section], name, section) or f"{section}.{name}"
+                message = key + message[len(name) :]
+            raise ConfigError(message) from error
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The validated configuration of ``configs/`` with hydra ``overrides`` applied (the
     same as the command line's), for use from Python."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return validate(compose("config", overrides=list(overrides)))
+        try:
+            composed = compose("config", overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as error:
+            cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else None
+            message = _omegaconf_message(cause) if cause else str(error)
+            message = message.split("Config search path")[0]  # hydra appends its search path
+            raise ConfigError(" ".join(message.split())) from error
+    return validate(composed)

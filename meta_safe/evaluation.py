@@ -26,6 +26,7 @@ from meta_safe.config import EVALUATION_POLICIES
 from meta_safe.data_source import InnerDataSource, RealRollouts
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
 from meta_safe.env_factory import make_batched_env, task_distribution
+from meta_safe.errors import ConfigError
 from meta_safe.maml import MetaSetup, MetaState, step_check_of
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
@@ -228,19 +229,39 @@ def evaluate_adaptation(
 
 
 def evaluation_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:
-    """Explicit ``[[radius, wall_distance], ...]`` or a seeded sample of ``evaluation.split``."""
-    if explicit:
-        return [
-            CircleTask(
-                robot=cfg.env.robot,
-                radius=float(r),
-                wall_distance=float(w),
-                num_walls=cfg.env.num_walls,
+    """Explicit ``[[radius, wall_distance], ...]`` or a seeded sample of ``evaluation.split``.
+
+    :raises ConfigError: an explicit task that is not a ``[radius, wall_distance]`` pair
+        of numbers, or not a valid task (naming its index and the rule it breaks).
+    """
+    if explicit is None:
+        dist = task_distribution(cfg.env, cfg.evaluation.split)
+        return dist.sample(cfg.evaluation.tasks, seed=cfg.evaluation.seed)
+    explicit = OmegaConf.to_container(explicit) if OmegaConf.is_config(explicit) else explicit
+    if not isinstance(explicit, list) or not explicit:
+        raise ConfigError(
+            f"tasks={explicit!r} is invalid: expected a non-empty list "
+            "[[radius, wall_distance], ...]"
+        )
+    tasks = []
+    for index, pair in enumerate(explicit):
+        numbers = isinstance(pair, list) and len(pair) == 2
+        if not numbers or not all(isinstance(v, int | float) for v in pair):
+            raise ConfigError(
+                f"tasks[{index}]={pair!r} is invalid: expected [radius, wall_distance] (numbers)"
             )
-            for r, w in explicit
-        ]
-    dist = task_distribution(cfg.env, cfg.evaluation.split)
-    return dist.sample(cfg.evaluation.tasks, seed=cfg.evaluation.seed)
+        try:
+            tasks.append(
+                CircleTask(
+                    robot=cfg.env.robot,
+                    radius=float(pair[0]),
+                    wall_distance=float(pair[1]),
+                    num_walls=cfg.env.num_walls,
+                )
+            )
+        except ValueError as error:
+            raise ConfigError(f"tasks[{index}]: {error}") from error
+    return tasks
 
 
 def evaluate_meta_state(

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from tiny import compose_cfg, tiny_cfg
 
 from meta_safe.config import CONFIG_DIR, TrainConfig, migrate, validate
+from meta_safe.meta_optimizers import META_OPTIMIZERS
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_defaults_come_from_the_schema() -> None:
     """``configs/config.yaml`` only picks presets, so every value of the composed default
     config outside the two free-form groups is the schema's."""
     top = yaml.safe_load((Path(CONFIG_DIR) / "config.yaml").read_text())
-    assert set(top) == {"defaults", "hydra"}
+    assert set(top) == {"defaults"}
     composed = OmegaConf.to_container(compose_cfg())
     schema = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
     for group in ("meta_optimizer", "dyna"):
@@ -71,7 +72,14 @@ def test_env_presets_state_only_what_they_change() -> None:
 
 def test_older_configs_move_outer_keys_to_the_outer_loop() -> None:
     old = OmegaConf.create(
-        {"meta_optimizer": {"name": "trpo", "outer_step": "trpo", "learnable_outer_lr": 0.01}}
+        {
+            "meta_optimizer": {
+                "name": "trpo",
+                "_target_": META_OPTIMIZERS["trpo"],
+                "outer_step": "trpo",
+                "learnable_outer_lr": 0.01,
+            }
+        }
     )
     moved = migrate(old)
     assert moved.meta.outer_step == "trpo" and moved.meta.learned_rule_lr == 0.01

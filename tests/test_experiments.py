@@ -64,38 +64,40 @@ def test_steps_to_match_interpolates_log_linearly() -> None:
     assert steps_to_match(curve, 15.0) == float("inf")
 
 
+TINY_GRID = [
+    "meta.iterations=1",
+    "meta.tasks_per_iteration=1",
+    "meta.envs_per_task=1",
+    "meta.steps_per_env=20",
+    "env.episode_steps=20",
+    "policy.hidden=[8]",
+    "evaluation.tasks=1",
+    "evaluation.inner_steps=1",
+    "evaluation.envs_per_task=1",
+    "evaluation.steps_per_env=20",
+]
+
+
+def grid_command(out: Path, *args: str) -> list[str]:
+    """``run_variants.py`` on seed 0 of the tiny grid, writing to ``out``."""
+    script = str(Path(REPO_ROOT) / "experiments" / "run_variants.py")
+    return [sys.executable, script, "--out", str(out), "--seeds", "0", *args, *TINY_GRID]
+
+
 @pytest.mark.slow
 def test_run_variants_runs_a_grid_on_ray(tmp_path: Path) -> None:
     """Two tiny variants as Ray tasks on a local Ray instance; each writes its report."""
     import os
     import subprocess
 
-    tiny = [
-        "meta.iterations=1",
-        "meta.tasks_per_iteration=1",
-        "meta.envs_per_task=1",
-        "meta.steps_per_env=20",
-        "env.episode_steps=20",
-        "policy.hidden=[8]",
-        "evaluation.tasks=1",
-        "evaluation.inner_steps=1",
-        "evaluation.envs_per_task=1",
-        "evaluation.steps_per_env=20",
-    ]
-    cmd = [
-        sys.executable,
-        str(Path(REPO_ROOT) / "experiments" / "run_variants.py"),
-        "--out",
-        str(tmp_path),
-        "--seeds",
-        "0",
+    cmd = grid_command(
+        tmp_path,
         "--ray",
         "--variant",
         "cpo:meta_optimizer=cpo_layer,meta_optimizer.solver=closed_form",
         "--variant",
         "trpo:meta_optimizer=trpo",
-        *tiny,
-    ]
+    )
     env = {**os.environ, "STOCHASTIC_CIRCLE_COMPILE": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -103,6 +105,42 @@ def test_run_variants_runs_a_grid_on_ray(tmp_path: Path) -> None:
         report = json.loads((tmp_path / name / "seed0" / "evaluation.json").read_text())
         assert len(report["summary"]["mean_return"]) == 2  # before and after 1 step
     assert "2 runs in" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_failing_run_does_not_stop_the_grid_and_is_retried(tmp_path: Path) -> None:
+    """One variant fails; the other finishes, the failure is listed with its log, the exit
+    status is 1, and running the grid again retries only the failed run."""
+    import subprocess
+
+    cmd = grid_command(
+        tmp_path,
+        "--variant",
+        "good:meta_optimizer=trpo",
+        "--variant",
+        "bad:meta_optimizer=trpo,meta_optimizer.trust_radius=-1",
+    )
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-2000:]
+    assert (tmp_path / "good" / "seed0" / "evaluation.json").exists()
+    assert "1 of 2 runs failed" in first.stderr
+    assert str(tmp_path / "bad" / "seed0" / "train.log") in first.stderr
+    assert "trust_radius=-1.0 is invalid" in first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 1
+    assert f"{tmp_path / 'good' / 'seed0'}: already done" in second.stdout
+    retried = [line for line in second.stdout.splitlines() if line.startswith("$ ")]
+    assert len(retried) == 1 and str(tmp_path / "bad") in retried[0]
+
+
+def test_a_stopped_run_resumes_and_one_without_checkpoint_restarts(tmp_path: Path) -> None:
+    from run_variants import resume_flags
+
+    assert resume_flags(tmp_path) == []
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    assert resume_flags(tmp_path) == ["overwrite=true"]
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert resume_flags(tmp_path) == ["resume=true"]
 
 
 def test_results_document_is_generated_from_the_committed_summaries(

@@ -7,6 +7,7 @@ import torch
 from tiny import SMALL_ENSEMBLE, read_metrics, tiny_cfg
 
 from meta_safe.checkpoint import load
+from meta_safe.errors import RunDirError
 from meta_safe.trainer import train
 
 
@@ -63,5 +64,5 @@ def test_diverged_iteration_stops_before_the_checkpoint(
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="resume=true but"):
+    with pytest.raises(RunDirError, match="resume=true but"):
         train(tiny_cfg("resume=true"), tmp_path / "empty")

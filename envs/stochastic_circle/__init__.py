@@ -3,9 +3,17 @@
 Importing the package is cheap: it registers the gymnasium ids (string entry
 points) but does not import safety_gymnasium; the backends live in
 :mod:`stochastic_circle.torch_backend` and :mod:`stochastic_circle.mujoco_backend`.
-(gymnasium 0.28 itself loads the gymnasium_robotics plugin on import, which prints a
-notice about Adroit reward versions to stderr; it does not concern circle tasks.)
+gymnasium loads the gymnasium_robotics plugin on import, and that prints a notice about
+the Adroit hand tasks' reward versions to stderr on every command; it does not concern
+circle tasks, so it is dropped here before gymnasium is first imported.
 """
+
+try:
+    from farama_notifications import notifications as _notifications
+
+    _notifications.pop("gymnasium_robotics", None)
+except ImportError:  # pragma: no cover - farama_notifications ships with gymnasium
+    pass
 
 from stochastic_circle.registration import ENV_IDS, register_envs
 from stochastic_circle.tasks import CircleTask, TaskDistribution, reference_distribution

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from meta_safe.cli.errors import run_cli
 from meta_safe.config import validate
-from meta_safe.evaluation import evaluate_meta_state
+from meta_safe.errors import ConfigError
 
 OVERRIDABLE = (
     "meta.step_check_shrink",
@@ -34,44 +35,99 @@ OVERRIDABLE = (
     "evaluation",
     "runtime",
 )
+"""Keys of the checkpoint's configuration an evaluation may change."""
+
+TOP_LEVEL = ("checkpoint", "tasks", "out", "stem")
+
+EXAMPLES = """\
+examples:
+  python -m meta_safe.evaluate checkpoint=runs/my_run
+  python -m meta_safe.evaluate checkpoint=runs/my_run env.backend=mujoco evaluation.tasks=10
+  python -m meta_safe.evaluate checkpoint=runs/my_run tasks=[[2.31,1.409]] \\
+      evaluation.inner_steps=50 evaluation.policy=mean evaluation.cost_discount=0.99"""
 
 
-def main(argv: list[str]) -> int:
+HELP = """\
+usage: python -m meta_safe.evaluate [--help] checkpoint=<run dir or checkpoint.pt> [key=value ...]
+
+Adapt a meta-trained policy on unseen tasks and print return, cost and the share of
+tasks within the cost limit before and after each inner step.
+
+keys:
+  checkpoint=PATH                the run directory or its checkpoint.pt (required)
+  tasks=[[radius,wall],...]      explicit tasks instead of a sample of evaluation.split
+  out=DIR, stem=NAME             where to write <stem>.{json,csv,png} (default: the run
+                                 directory, evaluation_<backend>)
+  env.backend=torch|mujoco       e.g. a torch-trained point policy on the real simulator
+  env.cost_limit, env.held_out, env.meta_train
+  evaluation.tasks=N, evaluation.inner_steps=K, evaluation.seed=S,
+  evaluation.split=held_out|meta_train|fixed
+  evaluation.policy=auto|sample|fresh|mean, evaluation.cost_discount=G
+                                 what is measured after each step
+  evaluation.step_check_tries=N, meta.step_check_shrink, meta.step_check_margin
+                                 the measured step check of adaptation
+  runtime.*                      threads, progress
+
+"""
+
+
+def usage() -> str:
+    return HELP + EXAMPLES
+
+
+def parse(argv: list[str]) -> OmegaConf:
+    """The ``key=value`` arguments as a config; unknown keys are a :class:`ConfigError`."""
+    malformed = [a for a in argv if "=" not in a or a.startswith("-")]
+    if malformed:
+        raise ConfigError(
+            f"argument {malformed[0]!r} is invalid: expected key=value "
+            "(see python -m meta_safe.evaluate --help)"
+        )
+    try:
+        cli = OmegaConf.from_dotlist(argv)
+    except Exception as error:  # omegaconf's parse errors have several types
+        raise ConfigError(f"arguments {argv!r} could not be parsed: {error}") from error
+    if "checkpoint" not in cli:
+        raise ConfigError("checkpoint=<run dir or checkpoint.pt> is required")
+    sections = ("env", "evaluation", "runtime", "meta")
+    unknown = [k for k in cli if k not in TOP_LEVEL + sections]
+    for section in sections:
+        for key in cli.get(section) or {}:
+            name = f"{section}.{key}"
+            if section != "evaluation" and section != "runtime" and name not in OVERRIDABLE:
+                unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]} cannot be set here: valid keys are "
+            f"{', '.join(TOP_LEVEL)}, {', '.join(OVERRIDABLE)}"
+        )
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: evaluate the checkpoint named in ``argv`` and print the table."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return 0
     from meta_safe.checkpoint import load
+    from meta_safe.evaluation import evaluate_meta_state, evaluation_tasks
     from meta_safe.trainer import MetaTrainer
 
-    cli = OmegaConf.from_dotlist(argv)
-    if "checkpoint" not in cli:
-        print("error: checkpoint=<run dir or checkpoint.pt> is required", file=sys.stderr)
-        return 2
-    unknown = [
-        k
-        for k in cli
-        if k not in ("checkpoint", "tasks", "out", "stem", "env", "evaluation", "runtime", "meta")
-    ]
-    unknown += [f"meta.{k}" for k in cli.get("meta", {}) if f"meta.{k}" not in OVERRIDABLE]
-    if unknown:
-        print(
-            f"error: unknown keys {unknown}: valid are checkpoint, tasks, out, stem, "
-            f"{', '.join(OVERRIDABLE)}",
-            file=sys.stderr,
-        )
-        return 2
+    cli = parse(argv)
     state = load(cli.checkpoint)
     cfg = OmegaConf.create(state["config"])
     cfg = OmegaConf.merge(
         cfg, {k: v for k, v in cli.items() if k in ("env", "evaluation", "runtime", "meta")}
     )
-    try:
-        cfg = validate(cfg)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = validate(cfg)
+    explicit = cli.get("tasks")
+    evaluation_tasks(cfg, explicit)  # bad explicit tasks fail before any work
     run_dir = Path(str(cli.checkpoint))
     run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     trainer = MetaTrainer(cfg, run_dir)
     trainer.load_state_dict(state)
-    report = evaluate_meta_state(trainer.setup, trainer.state, cfg, cli.get("tasks"))
+    report = evaluate_meta_state(trainer.setup, trainer.state, cfg, explicit)
     out = Path(str(cli.get("out", run_dir)))
     paths = report.write(out, stem=str(cli.get("stem", f"evaluation_{cfg.env.backend}")))
     print(
@@ -85,4 +141,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_cli(main)

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m meta_safe.meta_trainer [hydra overrides]``.
+"""Entry point: ``python -m meta_safe.meta_trainer [--cfg job] [key=value ...]``.
 
 Meta-trains on the ``meta_train`` task distribution, then (``evaluate_after``)
 adapts on unseen tasks of ``evaluation.split`` (held-out tasks by default) and of
@@ -11,13 +11,59 @@ the circle) and prints a results table for each. Writes into the run directory:
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from meta_safe.config import CONFIG_DIR, SPLIT_NAMES, validate
+from meta_safe.cli.errors import run_cli
+from meta_safe.config import CONFIG_DIR, SPLIT_NAMES, compose_config
+from meta_safe.errors import ConfigError
+
+RUNS_DIR = "runs"
+"""Where a run without ``run_dir=`` goes: ``runs/<date>_<time>_<meta_optimizer>``."""
+
+EXAMPLES = """\
+examples:
+  python -m meta_safe.meta_trainer                          # cpo_layer, then both tables
+  python -m meta_safe.meta_trainer meta_optimizer=pid seed=3 meta.iterations=100
+  python -m meta_safe.meta_trainer env=point_circle_mujoco  # the MuJoCo simulator
+  python -m meta_safe.meta_trainer run_dir=runs/a resume=true   # continue a stopped run
+  python -m meta_safe.meta_trainer --cfg job env.cost_limit=25  # print the config only"""
+
+
+def group_options() -> dict[str, list[str]]:
+    """Each config group and its options (``group=option`` on the command line)."""
+    from meta_safe.dyna.registry import DYNA_MODELS
+    from meta_safe.meta_optimizers import META_OPTIMIZERS
+
+    envs = sorted(p.stem for p in (Path(CONFIG_DIR) / "env").glob("*.yaml"))
+    return {
+        "env": envs,
+        "meta_optimizer": list(META_OPTIMIZERS),
+        "dyna": ["none", *DYNA_MODELS],
+    }
+
+
+def usage() -> str:
+    groups = "\n".join(f"  {g}: {', '.join(o)}" for g, o in group_options().items())
+    return (
+        "usage: python -m meta_safe.meta_trainer [--help] [--cfg job] [key=value ...]\n\n"
+        f"{__doc__.splitlines()[2]}\n{' '.join(__doc__.splitlines()[3:6])}\n\n"
+        "options:\n"
+        "  -h, --help   show this help and exit\n"
+        "  --cfg job    print the resolved configuration and exit\n\n"
+        f"config groups (group=option):\n{groups}\n\n"
+        "Any key of the configuration can be overridden (key=value); print them all with\n"
+        "--cfg job. A new run refuses an existing run directory: pass resume=true to\n"
+        "continue it, or overwrite=true to replace it.\n\n"
+        f"{EXAMPLES}"
+    )
+
+
+def default_run_dir(cfg: DictConfig) -> str:
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return str(Path(RUNS_DIR) / f"{stamp}_{cfg.meta_optimizer.name}")
 
 
 def run(cfg: DictConfig, run_dir: str) -> None:
@@ -46,15 +92,24 @@ def run(cfg: DictConfig, run_dir: str) -> None:
         print(("\n" if index else "") + report.table(title))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    try:
-        cfg = validate(cfg)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    run(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)
+def main(argv: list[str] | None = None) -> int:
+    """The command: parse ``argv`` (default ``sys.argv[1:]``), train, evaluate, print."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return 0
+    print_config = argv[:2] == ["--cfg", "job"]
+    overrides = argv[2:] if print_config else argv
+    flags = [a for a in overrides if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"unknown option {flags[0]!r}: valid options are --help, --cfg job")
+    cfg = compose_config(overrides)
+    if print_config:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    run(cfg, cfg.run_dir or default_run_dir(cfg))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
