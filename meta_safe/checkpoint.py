@@ -41,6 +41,8 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a killed write
+            stale.unlink(missing_ok=True)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(

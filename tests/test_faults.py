@@ -129,8 +129,10 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path) -
     result = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], check=False)
     assert result.returncode == -signal.SIGKILL
     assert load(path)["iteration"] == 1
-    save_atomic({**load(path), "iteration": 3}, path)  # the leftover temp file is harmless
+    assert len(list(tmp_path.glob("checkpoint.pt.*.tmp"))) == 1, "the killed write's temp file"
+    save_atomic({**load(path), "iteration": 3}, path)
     assert load(path)["iteration"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "the next write tidies up"
 
 
 def test_metrics_are_appended_not_rewritten(tmp_path: Path) -> None:
