@@ -142,8 +142,8 @@ def markdown_table(results: list[Result], stock: Result) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = PROG) -> None:
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=4, help="full episodes per env")
     parser.add_argument("--quick", action="store_true", help="1 episode, smaller torch batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of actions and start states")

@@ -61,8 +61,8 @@ def slope_per_100(values: list[float]) -> float:
     return 100 * cov / var
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. meta_optimizer=pid")
     args = parser.parse_args(argv)

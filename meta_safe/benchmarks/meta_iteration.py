@@ -118,8 +118,8 @@ def fmt_ratio(reference: float, ours: float) -> str:
     return f"{reference / ours:.0f}x" if ours > 0 else "inf"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = PROG) -> None:
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=2, help="timed meta-iterations")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 iteration, 100 steps")
     parser.add_argument("--backends", default="torch,mujoco", help="comma list: torch,mujoco")

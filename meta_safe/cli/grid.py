@@ -131,8 +131,8 @@ def run_on_ray(jobs: list[tuple], address: str) -> list[tuple[str, str | None]]:
         ray.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    parser = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="results directory")
     parser.add_argument(
         "--variant", action="append", required=True, help="name:override,override (repeat)"
