@@ -1,6 +1,6 @@
 """Single-task learning curves of CPO, Lagrangian and TRPO on one circle task.
 
-Uses the hydra configs (``configs/``), so any override works, e.g.::
+Uses the hydra configs (``meta_safe/configs/``), so any override works, e.g.::
 
     .venv/bin/python experiments/single_task_baselines.py --iterations 100 \
         --rules cpo_layer,lagrangian,trpo env.cost_limit=25

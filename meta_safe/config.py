@@ -1,7 +1,7 @@
 """The typed configuration: the one source of every default (hydra structured configs).
 
-``configs/config.yaml`` only chooses the groups; the values below are the defaults, and
-the yaml presets in ``configs/<group>/`` state only what they change. A mistyped or
+``meta_safe/configs/config.yaml`` only chooses the groups; the values below are the defaults, and
+the yaml presets in ``meta_safe/configs/<group>/`` state only what they change. A mistyped or
 unknown key fails at start-up with the valid keys listed, and wrong types are rejected.
 The ``meta_optimizer`` and ``dyna`` groups are free-form here: their keys are the
 constructor arguments of the class named by ``_target_``, checked there.
@@ -25,8 +25,8 @@ from meta_safe.meta_optimizers import register_configs as register_meta_optimize
 from meta_safe.rl.surrogate import AdvantageConfig
 from stochastic_circle.tasks import REFERENCE_LEVELS
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-"""The hydra config directory (``configs/`` at the repository root)."""
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+"""The hydra config directory (``meta_safe/configs/``, shipped with the package)."""
 
 SCHEMA_NAME = "meta_safe_schema"
 """Name under which :class:`TrainConfig` is stored for ``configs/config.yaml``'s defaults list."""
@@ -176,8 +176,8 @@ class RuntimeConfig:
 @dataclass
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
-    meta_optimizer: Any = None  # chosen by meta_optimizer=<name> (configs/meta_optimizer/)
-    dyna: Any = None  # chosen by dyna=<name> (configs/dyna/)
+    meta_optimizer: Any = None  # chosen by meta_optimizer=<name> (generated from the classes)
+    dyna: Any = None  # chosen by dyna=<name> (generated from the classes)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
@@ -476,7 +476,7 @@ def _check_components(cfg: DictConfig) -> None:
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The validated configuration of ``configs/`` with hydra ``overrides`` applied (the
+    """The validated configuration of ``meta_safe/configs/`` with hydra ``overrides`` applied (the
     same as the command line's), for use from Python."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ class AdaptationReport:
     env_steps_per_step: int
     rejected: list[list[int]] | None = None  # [t][k] rejected candidates of step k (step check)
     extra_steps: int = 0  # env steps of the step check's retries, all tasks
+    # per collection k, the stacked per-task parameters after k steps (not written out)
+    policies: list[Params] | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> dict[str, list[float]]:
         """Aggregates per step ``k``: mean return, mean cost, share within the limit."""
@@ -225,6 +227,7 @@ def evaluate_adaptation(
         tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks),
         rejected=rejected if result.checks else None,
         extra_steps=sum(c.extra_steps for c in result.checks),
+        policies=[{k: v.detach() for k, v in p.items()} for p in result.policies],
     )  # fmt: skip
 
 

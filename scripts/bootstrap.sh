@@ -9,7 +9,8 @@
 #  * safety-gymnasium 1.0.0 pins pygame==2.1.0 (no wheel for Python 3.11),
 #    mujoco==2.3.3 and, through gymnasium-robotics 1.2.2, numpy<1.24. pip's
 #    resolver would honour those pins, so both packages are installed with
-#    --no-deps and their real run-time needs come from our pyproject.toml.
+#    --no-deps and their real run-time needs come from our pyproject.toml's
+#    mujoco extra.
 #    `pip check` therefore reports exactly these known, harmless conflicts:
 #      safety-gymnasium 1.0.0 requires pygame==2.1.0 / mujoco==2.3.3
 #      gymnasium-robotics 1.2.2 requires mujoco==2.3.3 / numpy<1.24
@@ -35,16 +36,14 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 echo "[bootstrap] installing into $VENV (first run takes a minute or two)" >&2
 "${PIP[@]}" install --upgrade "pip>=24" setuptools wheel
 "${PIP[@]}" install "torch==2.13.0"
-# Everything pyproject.toml declares (with the dev and ray extras: the tests run a
-# grid on a local Ray instance), except the two packages with broken pins.
+# Everything pyproject.toml declares, with the mujoco, dev and ray extras (the tests
+# run both backends and a grid on a local Ray instance).
 "$VENV/bin/python" - > "$VENV/.meta_safe-requirements.txt" <<'PY'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-no_deps = ("safety-gymnasium", "gymnasium-robotics")
 extras = project["optional-dependencies"]
-for req in project["dependencies"] + extras["dev"] + extras["ray"]:
-    if not req.startswith(no_deps):
-        print(req)
+for req in project["dependencies"] + extras["mujoco"] + extras["dev"] + extras["ray"]:
+    print(req)
 PY
 "${PIP[@]}" install "torch==2.13.0" -r "$VENV/.meta_safe-requirements.txt"
 "${PIP[@]}" install --no-deps "safety-gymnasium==1.0.0" "gymnasium-robotics==1.2.2"

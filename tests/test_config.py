@@ -51,7 +51,7 @@ def test_invalid_values_are_clear_errors(override: str, message: str) -> None:
 
 
 def test_defaults_come_from_the_schema() -> None:
-    """``configs/config.yaml`` only picks presets, so every value of the composed default
+    """``meta_safe/configs/config.yaml`` only picks presets, so every value of the composed default
     config outside the two free-form groups is the schema's."""
     top = yaml.safe_load((Path(CONFIG_DIR) / "config.yaml").read_text())
     assert set(top) == {"defaults"}

@@ -33,7 +33,7 @@ SMALL_ENSEMBLE = [
 
 
 def compose_cfg(*overrides: str) -> DictConfig:
-    """The validated configuration of ``configs/`` with ``overrides``."""
+    """The validated configuration of ``meta_safe/configs/`` with ``overrides``."""
     return compose_config(overrides)
 
 

@@ -5,8 +5,15 @@ points) but does not import safety_gymnasium; the backends live in
 :mod:`stochastic_circle.torch_backend` and :mod:`stochastic_circle.mujoco_backend`.
 gymnasium loads the gymnasium_robotics plugin on import, and that prints a notice about
 the Adroit hand tasks' reward versions to stderr on every command; it does not concern
-circle tasks, so it is dropped here before gymnasium is first imported.
+circle tasks, so it is dropped here before gymnasium is first imported. On a Linux
+machine without a display, ``MUJOCO_GL`` defaults to ``egl`` (offscreen rendering).
 """
+
+import os as _os
+import sys as _sys
+
+if _sys.platform.startswith("linux") and not _os.environ.get("DISPLAY"):
+    _os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering on headless machines
 
 try:
     from farama_notifications import notifications as _notifications

@@ -184,10 +184,11 @@ class MujocoCircleEnv(gymnasium.Env):
     :param episode_steps: steps per episode, after which ``truncated`` is True.
     :param seed: seeds the env's generator at construction, so that even unseeded
         ``reset()`` calls are reproducible; ``reset(seed=...)`` re-seeds.
-    :param render_mode: only ``None`` is supported (the model has no rendering assets).
+    :param render_mode: ``None`` or ``"rgb_array"`` (:meth:`render`; its renderer is built
+        on the first call, so resets cost the same either way).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "render_fps": 50}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(
         self,
@@ -198,8 +199,11 @@ class MujocoCircleEnv(gymnasium.Env):
         seed: int | None = None,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r} is unsupported: only None is")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(
+                f"render_mode={render_mode!r} is unsupported: valid are None, "
+                f"{self.metadata['render_modes']}"
+            )
         if task is None:
             task = CircleTask(robot="point" if robot is None else robot)
         self._check_task(task)
@@ -212,7 +216,8 @@ class MujocoCircleEnv(gymnasium.Env):
             raise ValueError(f"episode_steps={episode_steps!r} is invalid: must be an int > 0")
         self.placement_box = start_box(placement)
         self.episode_steps = episode_steps
-        self.render_mode = None
+        self.render_mode = render_mode
+        self._renderer: Any = None  # built on the first render(): resets stay fast
         self.action_space = spaces.Box(-1.0, 1.0, (2,), dtype=np.float64)
         self._task = task
         self._build(task.robot)
@@ -449,6 +454,23 @@ class MujocoCircleEnv(gymnasium.Env):
         reward, cost = self._reward(), self._cost()
         truncated = self._elapsed_steps >= self.episode_steps
         return self._observation(), reward, cost, False, truncated, {"cost": cost}
+
+    def render(self) -> np.ndarray | None:
+        """``render_mode="rgb_array"``: a top view ``[H, W, 3]`` uint8 of the robot with the
+        circle and the walls drawn (:mod:`stochastic_circle.rendering`, built on first use)."""
+        if self.render_mode is None:
+            return None
+        if self._renderer is None:
+            from stochastic_circle.rendering import CircleRenderer
+
+            self._renderer = CircleRenderer(self.model)
+        return self._renderer.render(self.data, self._task)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Gymnasium step: ``(obs [obs_dim], reward, terminated, truncated, info)``.

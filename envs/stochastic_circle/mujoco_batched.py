@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stochastic_circle.mujoco_backend import MujocoCircleEnv
+from stochastic_circle.mujoco_backend import MujocoCircleEnv, planar_state_of
 from stochastic_circle.tasks import CircleTask
 
 
@@ -102,6 +102,11 @@ class MujocoBatchedEnv:
                 obs[t, e], _ = env.reset(seed=env_seed)
         self._seeded = True
         return self._tensor(obs)
+
+    def planar_states(self) -> Tensor:
+        """``[T, E, 6]`` world-frame ``[x, y, heading, vx, vy, omega]`` of every agent."""
+        states = [[planar_state_of(env.model, env.data) for env in row] for row in self.envs]
+        return self._tensor(np.asarray(states))
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Step every env. :param action: ``[T, E, 2]``.

@@ -376,6 +376,10 @@ class BatchedCircleEnv:
         self._obs = observe(self.state, zero_accel)
         return self._obs
 
+    def planar_states(self) -> Tensor:
+        """``[T, E, 6]`` ``[x, y, heading, vx, vy, omega]`` of every agent (a copy)."""
+        return self.state.clone()
+
     def set_state(self, state: Tensor) -> None:
         """Overwrite the planar state ``[tasks, envs, 6]`` (for tests and model rollouts)."""
         self.state = state.to(self.dtype).clone()

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from meta_safe.checkpoint import load
     from meta_safe.evaluation import evaluate_meta_state, evaluation_tasks
     from meta_safe.trainer import MetaTrainer
+    from meta_safe.trajectories import adaptation_trajectories
 
     cli = parse(argv)
     state = load(cli.checkpoint)
@@ -129,7 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     trainer.load_state_dict(state)
     report = evaluate_meta_state(trainer.setup, trainer.state, cfg, explicit)
     out = Path(str(cli.get("out", run_dir)))
-    paths = report.write(out, stem=str(cli.get("stem", f"evaluation_{cfg.env.backend}")))
+    stem = str(cli.get("stem", f"evaluation_{cfg.env.backend}"))
+    paths = report.write(out, stem=stem)
+    paths.append(
+        adaptation_trajectories(
+            cfg.env, trainer.setup.policy, trainer.state.normalizer, report.tasks,
+            report.policies, out / f"{stem}_trajectories.png", seed=cfg.evaluation.seed,
+            title=f"{cfg.meta_optimizer.name}: mean-action episodes before and after "
+            f"{len(report.policies) - 1} inner steps ({cfg.env.backend} backend)",
+        )
+    )  # fmt: skip
     print(
         report.table(
             f"{cfg.meta_optimizer.name}: {len(report.tasks)} {cfg.evaluation.split} "

@@ -71,6 +71,7 @@ def run(cfg: DictConfig, run_dir: str) -> None:
     of ``evaluation.also_splits`` and print a table for each."""
     from meta_safe.evaluation import evaluate_meta_state
     from meta_safe.trainer import train
+    from meta_safe.trajectories import adaptation_trajectories
 
     trainer = train(cfg, run_dir)
     print(f"run directory: {run_dir}")
@@ -82,7 +83,15 @@ def run(cfg: DictConfig, run_dir: str) -> None:
     for index, split in enumerate(splits):
         split_cfg = OmegaConf.merge(cfg, {"evaluation": {"split": split}})
         report = evaluate_meta_state(trainer.setup, trainer.state, split_cfg)
-        report.write(Path(run_dir), stem="evaluation" if index == 0 else f"evaluation_{split}")
+        stem = "evaluation" if index == 0 else f"evaluation_{split}"
+        report.write(Path(run_dir), stem=stem)
+        adaptation_trajectories(
+            cfg.env, trainer.setup.policy, trainer.state.normalizer, report.tasks,
+            report.policies, Path(run_dir) / f"{stem}_trajectories.png",
+            seed=cfg.evaluation.seed,
+            title=f"{cfg.meta_optimizer.name} on {SPLIT_NAMES[split]}: mean-action episodes "
+            f"before and after {cfg.evaluation.inner_steps} inner steps",
+        )  # fmt: skip
         dyna = cfg.dyna.name if cfg.dyna is not None else "none"
         title = (
             f"{cfg.meta_optimizer.name} on {cfg.evaluation.tasks} {SPLIT_NAMES[split]} "

@@ -12,7 +12,7 @@ BRANCH_FROM = ("episode_starts", "visited")
 
 @dataclass
 class DynaSettings:
-    """The ``dyna`` config section without the model (see ``configs/dyna/*.yaml``)."""
+    """The ``dyna`` config section without the model (the ``dyna`` config group)."""
 
     real_envs_per_task: int = 1
     model_envs_per_task: int = 7

@@ -1,0 +1,170 @@
+"""Env throughput of the circle-task backends, resets included, side by side in one run.
+
+Every row plays whole 500-step episodes with random actions and counts
+``envs x episodes x 500`` env steps over the wall time of resets plus steps, so
+stock Safety-Gymnasium's model rebuild in ``reset`` is charged where it happens.
+Rows: stock ``SafetyPointCircle1-v0``; our MuJoCo backend (1 env, SyncVectorEnv,
+AsyncVectorEnv); the torch batched backend at 1, 64 and 4096 envs (if present).
+
+    meta-safe bench envs            # 4 episodes per env
+    meta-safe bench envs --quick    # 1 episode per env, smaller batches
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from meta_safe.cli.errors import ArgumentParser, run_cli
+from stochastic_circle.mujoco_backend import EPISODE_LENGTH, MujocoCircleEnv, make_vector_env
+from stochastic_circle.tasks import CircleTask
+
+PROG = "meta-safe bench envs"
+
+#: The stock Circle1 task, so every backend simulates the same thing.
+TASK = CircleTask(robot="point", radius=1.5, wall_distance=1.125)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row of the table: ``env_steps`` steps of ``num_envs`` envs took ``seconds``."""
+
+    backend: str
+    num_envs: int
+    episodes: int
+    env_steps: int
+    seconds: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.env_steps / self.seconds
+
+
+def timed(run: Callable[[], int]) -> tuple[int, float]:
+    """Run ``run`` (which returns the env steps it made) and time it."""
+    start = time.perf_counter()
+    steps = run()
+    return steps, time.perf_counter() - start
+
+
+def timed_episodes(env: Any, episodes: int, seed: int) -> tuple[int, float]:
+    """Time ``episodes`` full episodes (reset included) of one env on fixed random actions."""
+    acts = np.random.default_rng(seed).uniform(-1, 1, (EPISODE_LENGTH, 2))
+
+    def run() -> int:
+        for _ in range(episodes):
+            env.reset()
+            for action in acts:
+                env.step(action)
+        return episodes * EPISODE_LENGTH
+
+    return timed(run)
+
+
+def bench_stock(episodes: int, seed: int) -> Result:
+    """Stock Safety-Gymnasium: every reset rebuilds and recompiles the MuJoCo model."""
+    from stochastic_circle.compat import import_safety_gymnasium
+
+    env = import_safety_gymnasium().make("SafetyPointCircle1-v0")
+    env.reset(seed=seed)  # first build is construction cost, not per-episode cost
+    steps, seconds = timed_episodes(env, episodes, seed)
+    env.close()
+    return Result("stock SafetyPointCircle1-v0", 1, episodes, steps, seconds)
+
+
+def bench_mujoco_single(episodes: int, seed: int) -> Result:
+    """Our MuJoCo env, one instance, reset every 500 steps."""
+    env = MujocoCircleEnv(TASK, seed=seed)
+    steps, seconds = timed_episodes(env, episodes, seed)
+    return Result("ours MuJoCo, 1 env", 1, episodes, steps, seconds)
+
+
+def bench_mujoco_vector(episodes: int, num_envs: int, asynchronous: bool, seed: int) -> Result:
+    """Our MuJoCo env in a gymnasium vector env (auto-resets at episode ends)."""
+    envs = make_vector_env([TASK] * num_envs, seed=seed, asynchronous=asynchronous)
+    acts = np.random.default_rng(seed).uniform(-1, 1, (EPISODE_LENGTH, num_envs, 2))
+
+    def run() -> int:
+        envs.reset(seed=seed)
+        for _ in range(episodes):
+            for action in acts:
+                envs.step(action)
+        return episodes * EPISODE_LENGTH * num_envs
+
+    steps, seconds = timed(run)
+    envs.close()
+    kind = "AsyncVectorEnv" if asynchronous else "SyncVectorEnv"
+    return Result(f"ours MuJoCo, {kind}", num_envs, episodes, steps, seconds)
+
+
+def bench_torch(episodes: int, num_envs: int, seed: int) -> Result | None:
+    """The torch batched backend (auto-resets); None when it is not installed yet."""
+    try:
+        import torch
+
+        from stochastic_circle.torch_backend import BatchedCircleEnv
+    except ImportError:
+        return None
+    env = BatchedCircleEnv([TASK], num_envs=num_envs, seed=seed)
+    # The first step compiles the fused step kernel (torch.compile): construction cost,
+    # like stock's first model build, so it is kept out of the timing.
+    env.reset(seed=seed)
+    env.step(torch.zeros(1, num_envs, 2))
+    generator = torch.Generator().manual_seed(seed)
+
+    def run() -> int:
+        env.reset(seed=seed)
+        for _ in range(episodes * EPISODE_LENGTH):
+            action = torch.rand(1, num_envs, 2, generator=generator) * 2 - 1
+            env.step(action)
+        return episodes * EPISODE_LENGTH * num_envs
+
+    steps, seconds = timed(run)
+    return Result("torch batched (CPU)", num_envs, episodes, steps, seconds)
+
+
+def markdown_table(results: list[Result], stock: Result) -> str:
+    """Results as a markdown table with a ratio-to-stock column."""
+    lines = [
+        "| backend | envs | episodes/env | env steps | seconds | steps/s | x stock |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = r.steps_per_second / stock.steps_per_second
+        lines.append(
+            f"| {r.backend} | {r.num_envs} | {r.episodes} | {r.env_steps:,} | "
+            f"{r.seconds:.2f} | {r.steps_per_second:,.0f} | {ratio:,.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> None:
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=4, help="full episodes per env")
+    parser.add_argument("--quick", action="store_true", help="1 episode, smaller torch batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of actions and start states")
+    args = parser.parse_args(argv)
+    episodes = 1 if args.quick else args.episodes
+    if episodes < 1:
+        parser.error(f"--episodes={episodes} is invalid: must be >= 1")
+
+    stock = bench_stock(episodes, args.seed)
+    results = [
+        stock,
+        bench_mujoco_single(episodes, args.seed),
+        bench_mujoco_vector(episodes, 4, asynchronous=False, seed=args.seed),
+        bench_mujoco_vector(episodes, 2, asynchronous=True, seed=args.seed),
+    ]
+    torch_sizes = (1, 64, 512) if args.quick else (1, 64, 4096)
+    torch_results = [bench_torch(episodes, n, args.seed) for n in torch_sizes]
+    print(markdown_table(results + [r for r in torch_results if r is not None], stock))
+    if any(r is None for r in torch_results):
+        print("\ntorch backend: not available")
+
+
+if __name__ == "__main__":
+    run_cli(main)
