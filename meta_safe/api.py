@@ -53,6 +53,9 @@ class Run:
     :ivar cfg: the configuration. :ivar setup: the policy and what does not change.
     :ivar state: the learned state (meta-parameters, normaliser, rule, model).
     :ivar run_dir: where its checkpoint lives.
+
+    Its tensors live on ``cfg.runtime.device``; so do the tensors its methods return,
+    except :class:`Episode`'s (on the CPU).
     """
 
     def __init__(self, cfg: DictConfig, setup: MetaSetup, state: MetaState, run_dir: Path) -> None:
@@ -69,13 +72,15 @@ class Run:
         return {k: v.detach() for k, v in self.state.meta_params.items()}
 
     def act(self, obs: Tensor, params: Params | None = None, deterministic: bool = True) -> Tensor:
-        """Actions for raw observations ``obs [..., obs_dim]`` -> ``[..., act_dim]``.
+        """Actions for raw observations ``obs [..., obs_dim]`` -> ``[..., act_dim]``, on
+        the run's device.
 
         :param params: the policy (default: the meta-policy; e.g. ``adapt(...).params``).
         :param deterministic: the mean action, else a sample of the Gaussian policy.
         """
         params = self.meta_params if params is None else params
-        obs = torch.as_tensor(obs, dtype=params["log_std"].dtype)
+        log_std = params["log_std"]
+        obs = torch.as_tensor(obs, dtype=log_std.dtype, device=log_std.device)
         with torch.no_grad():
             mean, std = self.setup.policy.distribution(params, self.state.normalizer(obs))
             return mean if deterministic else mean + std * torch.randn_like(mean)
@@ -144,7 +149,10 @@ class Run:
 
     def _with(self, overrides: Sequence[str]) -> DictConfig:
         """The run's config with evaluation-time ``overrides`` (validated)."""
-        allowed = ("evaluation.", "env.backend=", "env.cost_limit=", "runtime.")
+        allowed = (
+            "evaluation.", "env.backend=", "env.cost_limit=", "runtime.torch_threads=",
+            "runtime.progress=",
+        )  # fmt: skip
         bad = [o for o in overrides if not o.startswith(allowed)]
         if bad:
             raise ConfigError(
@@ -173,10 +181,17 @@ def train(
     return Run(trainer.cfg, trainer.setup, trainer.state, directory)
 
 
-def load(run_dir: str | Path) -> Run:
-    """The run in ``run_dir`` (or a checkpoint file) from its checkpoint."""
+def load(run_dir: str | Path, device: str | None = None) -> Run:
+    """The run in ``run_dir`` (or a checkpoint file) from its checkpoint.
+
+    :param device: ``cpu``, ``cuda`` or ``cuda:N`` to work on (default: the run's
+        ``runtime.device``); a checkpoint written on one device loads on any other.
+    """
     checkpoint = load_checkpoint(run_dir)
-    cfg = validate(OmegaConf.create(checkpoint["config"]))
+    cfg = OmegaConf.create(checkpoint["config"])
+    if device is not None:
+        cfg.runtime.device = device
+    cfg = validate(cfg)
     path = Path(run_dir)
     directory = path if path.is_dir() else path.parent
     trainer = MetaTrainer(cfg, directory)

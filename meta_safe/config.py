@@ -10,6 +10,7 @@ constructor arguments of the class named by ``_target_``, checked there.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from meta_safe.device import check_device
 from meta_safe.dyna.registry import register_configs as register_dyna_configs
 from meta_safe.errors import ConfigError
 from meta_safe.meta_optimizers import register_configs as register_meta_optimizer_configs
@@ -168,9 +170,20 @@ class CriticConfig:
 
 @dataclass
 class RuntimeConfig:
-    device: str = "cpu"  # cpu (the only device implemented)
+    device: str = "cpu"  # cpu, cuda or cuda:N (policy, inner updates, meta-gradient, torch env)
     torch_threads: int = 1  # intra-op threads: 1 is fastest for these small ops
     progress: bool = True  # live progress bar with return and cost
+
+
+@dataclass
+class LoggingConfig:
+    """Where per-iteration metrics go besides ``metrics.csv`` (always written)."""
+
+    tensorboard: bool = True  # run_dir/tensorboard/
+    wandb: bool = False  # Weights & Biases (pip install 'meta-safe[wandb]'); imported only when on
+    wandb_project: str = "meta_safe"
+    wandb_entity: str | None = None  # null: your default entity
+    wandb_mode: str = "online"  # online | offline (sync later with `wandb sync`)
 
 
 @dataclass
@@ -179,6 +192,7 @@ class TrainConfig:
     meta_optimizer: Any = None  # chosen by meta_optimizer=<name> (generated from the classes)
     dyna: Any = None  # chosen by dyna=<name> (generated from the classes)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -203,11 +217,11 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "policy.activation": ("tanh", "relu", "elu"),
     "evaluation.split": SPLITS,
     "evaluation.policy": EVALUATION_POLICIES,
-    "runtime.device": ("cpu",),
     "critic.cost": ("linear", "mlp"),
     "meta.outer_step": OUTER_STEPS,
     "meta.outer_constraint": OUTER_CONSTRAINTS,
     "meta.outer_cost_batches": OUTER_COST_BATCHES,
+    "logging.wandb_mode": ("online", "offline"),
 }
 POSITIVE: tuple[str, ...] = (
     "env.episode_steps",
@@ -256,6 +270,7 @@ RESUME_MUTABLE: tuple[str, ...] = (
     "evaluate_after",
     "checkpoint_every",
     "runtime",
+    "logging",
     "env.step_threads",
     "resume",
     "overwrite",
@@ -407,9 +422,23 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"env.robot={merged.env.robot!r} is not available on env.backend='torch': "
             "valid robots there are ['point'] (use env.backend=mujoco for 'car')"
         )
+    check_device(merged.runtime.device)
+    if merged.logging.wandb and not module_available("wandb"):
+        raise ConfigError(
+            "logging.wandb=true needs the wandb package, which is not installed: "
+            "pip install 'meta-safe[wandb]' (or pip install wandb), or logging.wandb=false"
+        )
     _check_task_ranges(merged.env)
     _check_components(merged)
     return merged
+
+
+def module_available(name: str) -> bool:
+    """Whether ``import name`` would find the module (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules without a spec
+        return True
 
 
 def _omegaconf_message(error: Exception) -> str:

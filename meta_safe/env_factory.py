@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from meta_safe.device import current_device
 from meta_safe.rl.rollout import BatchedEnv
 from stochastic_circle.tasks import CircleTask, TaskDistribution
 
@@ -14,9 +15,15 @@ BACKENDS: tuple[str, ...] = ("torch", "mujoco")
 def make_batched_env(
     env_cfg: Any, tasks: Sequence[CircleTask], num_envs: int, seed: int
 ) -> BatchedEnv:
-    """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way."""
+    """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way.
+    Its tensors live on :func:`~meta_safe.device.current_device`."""
     backend = env_cfg.backend
-    common = {"seed": seed, "placement": env_cfg.placement, "episode_steps": env_cfg.episode_steps}
+    common = {
+        "seed": seed,
+        "placement": env_cfg.placement,
+        "episode_steps": env_cfg.episode_steps,
+        "device": current_device(),
+    }
     if backend == "torch":
         from stochastic_circle.torch_backend import BatchedCircleEnv
 

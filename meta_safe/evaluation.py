@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from meta_safe.adaptation import adapt
 from meta_safe.config import EVALUATION_POLICIES
 from meta_safe.data_source import InnerDataSource, RealRollouts
+from meta_safe.device import on_device, seeded_generator
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
 from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.errors import ConfigError
@@ -202,7 +203,7 @@ def evaluate_adaptation(
             normalizer,
             inner_steps,
             InnerContext(cost_limit=env_cfg.cost_limit - inner_cost_margin, create_graph=False),
-            torch.Generator().manual_seed(seed),
+            seeded_generator(seed),
             seed=seed + 1,
             step_check=step_check,
         )
@@ -213,7 +214,7 @@ def evaluate_adaptation(
         eval_env = make_batched_env(
             env_cfg, tasks, envs_per_task, seed + SEPARATE_EPISODES_SEED_OFFSET
         )
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         with normalizer.frozen_statistics():
             measured = [
                 collect(eval_env, policy, p, normalizer, steps_per_env, generator, True,
@@ -270,23 +271,25 @@ def evaluation_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:
 def evaluate_meta_state(
     setup: MetaSetup, state: MetaState, cfg: DictConfig, explicit: Any = None
 ) -> AdaptationReport:
-    """Adapt a meta-trained state on the tasks ``cfg.evaluation`` names."""
+    """Adapt a meta-trained state on the tasks ``cfg.evaluation`` names, on
+    ``cfg.runtime.device``."""
     ev = cfg.evaluation
-    return evaluate_adaptation(
-        setup.policy,
-        state.meta_params,
-        state.normalizer,
-        state.meta_optimizer,
-        cfg.env,
-        evaluation_tasks(cfg, explicit),
-        ev.inner_steps,
-        ev.envs_per_task,
-        ev.steps_per_env,
-        AdvantageConfig(**OmegaConf.to_container(cfg.advantage)),
-        ev.seed,
-        dyna=(state.dyna, setup.dyna_settings) if state.dyna is not None else None,
-        measure=ev.policy,
-        cost_discount=ev.cost_discount,
-        step_check=step_check_of(cfg, evaluation=True),
-        inner_cost_margin=cfg.meta.inner_cost_margin,
-    )
+    with on_device(cfg.runtime.device):
+        return evaluate_adaptation(
+            setup.policy,
+            state.meta_params,
+            state.normalizer,
+            state.meta_optimizer,
+            cfg.env,
+            evaluation_tasks(cfg, explicit),
+            ev.inner_steps,
+            ev.envs_per_task,
+            ev.steps_per_env,
+            AdvantageConfig(**OmegaConf.to_container(cfg.advantage)),
+            ev.seed,
+            dyna=(state.dyna, setup.dyna_settings) if state.dyna is not None else None,
+            measure=ev.policy,
+            cost_discount=ev.cost_discount,
+            step_check=step_check_of(cfg, evaluation=True),
+            inner_cost_margin=cfg.meta.inner_cost_margin,
+        )

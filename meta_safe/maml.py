@@ -38,6 +38,7 @@ from torch import Tensor
 
 from meta_safe.adaptation import adapt, meta_objectives
 from meta_safe.data_source import InnerDataSource, RealRollouts, adaptation_info
+from meta_safe.device import seeded_generator
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState, build_dyna, held_out_errors
 from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.meta_optimizers import build_meta_optimizer
@@ -316,7 +317,7 @@ def update_model(
     metrics |= dyna.fit(
         batches,
         tasks,
-        torch.Generator().manual_seed(seed),
+        seeded_generator(seed),
         settings.uncertainty_steps,
         settings.start_pool_size,
         train=state.iteration % settings.train_every == 0,
@@ -339,7 +340,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
     env = make_batched_env(cfg.env, tasks, meta_cfg.envs_per_task, iteration_seed(cfg.seed, i, 1))
     post_source = RealRollouts(env, meta_cfg.steps_per_env, setup.adv_cfg, cfg.env.episode_steps)
     source = inner_source(setup, state.dyna, tasks, post_source, iteration_seed(cfg.seed, i, 1))
-    generator = torch.Generator().manual_seed(iteration_seed(cfg.seed, i, 2))
+    generator = seeded_generator(iteration_seed(cfg.seed, i, 2))
     inner_limit = cfg.env.cost_limit - meta_cfg.inner_cost_margin
     ctx = InnerContext(cost_limit=inner_limit, create_graph=not meta_cfg.first_order)
     meta = {k: v.detach().requires_grad_() for k, v in state.meta_params.items()}

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from meta_safe.adaptation import AdaptationResult, meta_objectives
 from meta_safe.config import OUTER_CONSTRAINTS, OUTER_COST_BATCHES
+from meta_safe.device import seeded_generator
 from meta_safe.meta_optimizers.gradients import constraint_margin
 from meta_safe.optim.flat_params import flat_concat, flat_gradient, unflatten_like
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
@@ -153,7 +154,7 @@ def measured_line_search(
     for j in range(steps):
         scale = shrink**j
         candidate = unflatten_like(old + scale * step, old_params)
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         batch = collect(env, policy, candidate, normalizer, steps_per_env, generator, seed=seed)
         used += batch.num_steps
         measured = combined(batch.episode_cost)

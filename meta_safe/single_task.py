@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from meta_safe.data_source import InnerBatch
+from meta_safe.device import seeded_generator
 from meta_safe.env_factory import make_batched_env
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.critic import MLPCritic
@@ -68,7 +69,7 @@ def train_single_task(
     params = {k: v.detach().clone() for k, v in (params or policy.init_params()).items()}
     state = rule.init_state(1, dtype=next(iter(params.values())).dtype)
     ctx = InnerContext(cost_limit=env_cfg.cost_limit, create_graph=False)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     critics = {}
     if critic_cfg is not None and critic_cfg.cost == "mlp":
         critics["cost"] = MLPCritic(

@@ -15,14 +15,18 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from meta_safe.checkpoint import CHECKPOINT_NAME, load, save_atomic
+from meta_safe.device import check_device, on_device, to_device
 from meta_safe.errors import RunDirError
 from meta_safe.maml import MetaSetup, MetaState, init_meta, meta_step
+
+if TYPE_CHECKING:
+    from meta_safe.wandb_log import WandbLog
 
 METRICS_FILE = "metrics.csv"
 
@@ -33,10 +37,12 @@ class MetaTrainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.device = check_device(cfg.runtime.device)
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.setup: MetaSetup
         self.state: MetaState
-        self.setup, self.state = init_meta(cfg)
+        with on_device(self.device):
+            self.setup, self.state = init_meta(cfg)
 
     @property
     def iteration(self) -> int:
@@ -47,19 +53,22 @@ class MetaTrainer:
         return {**self.state.state_dict(), "config": OmegaConf.to_container(self.cfg)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state.load_state_dict(state)
+        """Load a checkpoint (read on any device) onto this run's device."""
+        with on_device(self.device):
+            self.state.load_state_dict(to_device(state, self.device))
 
     def save(self) -> Path:
         return save_atomic(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
 
     def run_iteration(self) -> dict[str, float]:
         """One meta-iteration; returns its metrics row."""
-        self.state, row = meta_step(self.setup, self.state)
+        with on_device(self.device):
+            self.state, row = meta_step(self.setup, self.state)
         return row
 
 
 class MetricsLog:
-    """CSV (and TensorBoard) of per-iteration metrics.
+    """CSV (and TensorBoard, and optionally W&B) of per-iteration metrics.
 
     Rows are appended (one write per iteration, never a rewrite), so a long run costs the
     same per iteration at its end as at its start. The file is rewritten only on resume
@@ -67,8 +76,15 @@ class MetricsLog:
     model errors once a model is fitted).
     """
 
-    def __init__(self, run_dir: Path, resume_iteration: int, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        resume_iteration: int,
+        tensorboard: bool = True,
+        wandb: WandbLog | None = None,
+    ) -> None:
         self.path = run_dir / METRICS_FILE
+        self.wandb = wandb
         self.fieldnames: list[str] = []
         if self.path.exists():
             with self.path.open() as handle:
@@ -127,13 +143,17 @@ class MetricsLog:
                 if key != "iteration" and math.isfinite(value):
                     self.writer.add_scalar(key, value, int(row["iteration"]))
             self.writer.flush()
+        if self.wandb is not None:
+            self.wandb.log(row)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
-RUN_FILES = (CHECKPOINT_NAME, METRICS_FILE, "config.yaml", "tensorboard")
+RUN_FILES = (CHECKPOINT_NAME, METRICS_FILE, "config.yaml", "tensorboard", "wandb_id", "wandb")
 """What marks a directory as holding a run (a new run refuses it unless told)."""
 
 
@@ -202,7 +222,12 @@ def train(
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    log = MetricsLog(run_dir, trainer.iteration)
+    wandb = None
+    if cfg.logging.wandb:
+        from meta_safe.wandb_log import WandbLog
+
+        wandb = WandbLog(cfg.logging, run_dir, OmegaConf.to_container(cfg))
+    log = MetricsLog(run_dir, trainer.iteration, cfg.logging.tensorboard, wandb)
     total = cfg.meta.iterations
     bar = tqdm(
         total=total,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from meta_safe.device import on_device, seeded_generator
 from meta_safe.env_factory import make_batched_env
 from meta_safe.errors import ConfigError
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
@@ -27,7 +28,7 @@ from stochastic_circle.tasks import CircleTask
 class Episode:
     """One episode of one task.
 
-    :ivar positions: ``[N, 2]`` the robot's x-y before each step.
+    :ivar positions: ``[N, 2]`` the robot's x-y before each step (on the CPU).
     :ivar rewards, costs: ``[N]``. :ivar frames: rendered ``[H, W, 3]`` uint8 images
         (MuJoCo backend, when asked), else ``None``.
     """
@@ -63,12 +64,30 @@ def rollout_episodes(
     :param deterministic: act with the policy's mean, else sample (seeded by ``seed``).
     :param render_every: keep a rendered frame every ``k`` steps (MuJoCo backend only;
         0: none).
+
+    The episodes run on the device of ``params``; their tensors are returned on the CPU.
     """
     if render_every and env_cfg.backend != "mujoco":
         raise ConfigError(
             f"render_every={render_every} needs env.backend='mujoco': the torch backend "
             "has no renderer (its paths are drawn by plot_trajectories)"
         )
+    with on_device(params["log_std"].device):
+        return _rollout_episodes(
+            env_cfg, tasks, policy, params, normalizer, seed, deterministic, render_every
+        )
+
+
+def _rollout_episodes(
+    env_cfg: Any,
+    tasks: list[CircleTask],
+    policy: GaussianPolicy,
+    params: Params,
+    normalizer: ObsNormalizer,
+    seed: int,
+    deterministic: bool,
+    render_every: int,
+) -> list[Episode]:
     env = make_batched_env(env_cfg, tasks, 1, seed)
     if render_every:
         for row in env.envs:
@@ -76,7 +95,7 @@ def rollout_episodes(
     raw_obs = env.reset(seed=seed)
     means = action_means(policy, params, per_task=True)
     std = params["log_std"].exp().unsqueeze(1)  # [T, 1, act_dim]
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     positions, rewards, costs = [], [], []
     frames: list[list[np.ndarray]] = [[] for _ in tasks]
     with torch.no_grad():
@@ -99,7 +118,13 @@ def rollout_episodes(
         torch.stack(costs, 1),
     )
     return [
-        Episode(task, path[t], reward_t[t], cost_t[t], frames[t] if render_every else None)
+        Episode(
+            task,
+            path[t].cpu(),
+            reward_t[t].cpu(),
+            cost_t[t].cpu(),
+            frames[t] if render_every else None,
+        )  # fmt: skip
         for t, task in enumerate(tasks)
     ]
 

@@ -28,7 +28,7 @@ from meta_safe.meta_optimizers import META_OPTIMIZERS
             "env.meta_train.radius=[1.0,nan]",
             "env.meta_train.radius[1]=nan is invalid: must be a finite",
         ),
-        ("runtime.device=cuda", "runtime.device='cuda' is invalid: valid choices are ['cpu']"),
+        ("runtime.device=gpu", "runtime.device='gpu' is invalid: valid forms are 'cpu', 'cuda'"),
         ("meta.learned_rule_lr=-1", "meta.learned_rule_lr=-1.0 is invalid: must be > 0"),
         (
             "meta.outer_constraint=max",

@@ -162,3 +162,52 @@ def test_examples_run_through_the_api(tmp_path: Path) -> None:
 
     frames = imageio.mimread(run_dir / "episode.gif")
     assert len(frames) == 40 // 10 and frames[0].shape[:2] == (480, 480)
+
+
+class FakeWandbRun:
+    """What the trainer sends to W&B, recorded."""
+
+    def __init__(self, **kwargs) -> None:
+        self.init, self.logged, self.finished = kwargs, [], False
+
+    def log(self, values: dict, step: int) -> None:
+        self.logged.append((step, values))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def test_wandb_logging_is_optional_and_resumes_its_run(tmp_path, monkeypatch) -> None:
+    """Off by default and never imported then; on, every metrics row reaches W&B at its
+    iteration, and a resumed run continues the same W&B run id."""
+    import importlib.machinery
+    import types
+
+    from meta_safe import config as config_module
+    from meta_safe.errors import ConfigError
+
+    monkeypatch.setattr(config_module, "module_available", lambda name: False)
+    with pytest.raises(ConfigError, match=r"logging.wandb=true needs the wandb package"):
+        config_module.compose_config(["logging.wandb=true"])
+    monkeypatch.undo()
+
+    runs: list[FakeWandbRun] = []
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kwargs: runs.append(FakeWandbRun(**kwargs)) or runs[-1]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    base = [*TINY, "evaluate_after=false", "logging.wandb=true", "logging.wandb_mode=offline"]
+    meta_safe.train([*base, "meta.iterations=2"], run_dir=tmp_path)
+    meta_safe.train([*base, "meta.iterations=3", "resume=true"], run_dir=tmp_path)
+    assert len(runs) == 2 and all(run.finished for run in runs)
+    assert runs[0].init["id"] == runs[1].init["id"] and runs[1].init["resume"] == "allow"
+    assert runs[0].init["mode"] == "offline" and runs[0].init["config"]["seed"] == 0
+    steps = [step for run in runs for step, _ in run.logged]
+    assert steps == [1, 2, 3]
+    import csv
+
+    with (tmp_path / "metrics.csv").open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [int(r["iteration"]) for r in csv_rows] == steps
+    last = runs[1].logged[-1][1]
+    assert last["post_return"] == pytest.approx(float(csv_rows[-1]["post_return"]))

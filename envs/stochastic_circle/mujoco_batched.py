@@ -41,6 +41,7 @@ class MujocoBatchedEnv:
         episode_steps: int = 500,
         dtype: torch.dtype = torch.float32,
         step_threads: int = 1,
+        device: str | torch.device = "cpu",
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: give at least one CircleTask")
@@ -54,6 +55,7 @@ class MujocoBatchedEnv:
         self.tasks = list(tasks)
         self.num_tasks, self.num_envs, self.dtype = len(self.tasks), num_envs, dtype
         self.seed = seed
+        self.device = torch.device(device)  # MuJoCo steps on the CPU; batches move here
         self.envs = [
             [
                 MujocoCircleEnv(task, placement=placement, episode_steps=episode_steps)
@@ -89,7 +91,7 @@ class MujocoBatchedEnv:
         return 2
 
     def _tensor(self, array: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.asarray(array), dtype=self.dtype)
+        return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
 
     def reset(self, seed: int | None = None) -> Tensor:
         """Reset all envs; the first call seeds them. :return: obs ``[T, E, obs_dim]``."""
@@ -142,6 +144,6 @@ class MujocoBatchedEnv:
             self._tensor(obs),
             self._tensor(reward),
             self._tensor(cost),
-            torch.as_tensor(terminated),
-            torch.as_tensor(truncated),
+            torch.as_tensor(terminated, device=self.device),
+            torch.as_tensor(truncated, device=self.device),
         )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from meta_safe.cli.errors import ArgumentParser, run_cli
+from meta_safe.device import check_device, describe_device
 from stochastic_circle.mujoco_backend import EPISODE_LENGTH, MujocoCircleEnv, make_vector_env
 from stochastic_circle.tasks import CircleTask
 
@@ -101,30 +102,33 @@ def bench_mujoco_vector(episodes: int, num_envs: int, asynchronous: bool, seed: 
     return Result(f"ours MuJoCo, {kind}", num_envs, episodes, steps, seconds)
 
 
-def bench_torch(episodes: int, num_envs: int, seed: int) -> Result | None:
-    """The torch batched backend (auto-resets); None when it is not installed yet."""
+def bench_torch(episodes: int, num_envs: int, seed: int, device: str = "cpu") -> Result | None:
+    """The torch batched backend (auto-resets) on ``device``; None when it is not
+    installed yet."""
     try:
         import torch
 
         from stochastic_circle.torch_backend import BatchedCircleEnv
     except ImportError:
         return None
-    env = BatchedCircleEnv([TASK], num_envs=num_envs, seed=seed)
+    env = BatchedCircleEnv([TASK], num_envs=num_envs, seed=seed, device=device)
     # The first step compiles the fused step kernel (torch.compile): construction cost,
     # like stock's first model build, so it is kept out of the timing.
     env.reset(seed=seed)
-    env.step(torch.zeros(1, num_envs, 2))
-    generator = torch.Generator().manual_seed(seed)
+    env.step(torch.zeros(1, num_envs, 2, device=device))
+    generator = torch.Generator(device=device).manual_seed(seed)
 
     def run() -> int:
         env.reset(seed=seed)
         for _ in range(episodes * EPISODE_LENGTH):
-            action = torch.rand(1, num_envs, 2, generator=generator) * 2 - 1
+            action = torch.rand(1, num_envs, 2, generator=generator, device=device) * 2 - 1
             env.step(action)
+        if device != "cpu":
+            torch.cuda.synchronize()
         return episodes * EPISODE_LENGTH * num_envs
 
     steps, seconds = timed(run)
-    return Result("torch batched (CPU)", num_envs, episodes, steps, seconds)
+    return Result(f"torch batched ({device})", num_envs, episodes, steps, seconds)
 
 
 def markdown_table(results: list[Result], stock: Result) -> str:
@@ -147,7 +151,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     parser.add_argument("--episodes", type=int, default=4, help="full episodes per env")
     parser.add_argument("--quick", action="store_true", help="1 episode, smaller torch batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of actions and start states")
+    parser.add_argument("--device", default="cpu", help="device of the torch backend: cpu, cuda")
     args = parser.parse_args(argv)
+    device = check_device(args.device, key="--device")
     episodes = 1 if args.quick else args.episodes
     if episodes < 1:
         parser.error(f"--episodes={episodes} is invalid: must be >= 1")
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         bench_mujoco_vector(episodes, 2, asynchronous=True, seed=args.seed),
     ]
     torch_sizes = (1, 64, 512) if args.quick else (1, 64, 4096)
-    torch_results = [bench_torch(episodes, n, args.seed) for n in torch_sizes]
+    torch_results = [bench_torch(episodes, n, args.seed, str(device)) for n in torch_sizes]
+    print(f"MuJoCo rows on the CPU; torch rows on {describe_device(device)}\n")
     print(markdown_table(results + [r for r in torch_results if r is not None], stock))
     if any(r is None for r in torch_results):
         print("\ntorch backend: not available")

@@ -24,6 +24,7 @@ import torch
 
 from meta_safe.cli.errors import ArgumentParser, run_cli
 from meta_safe.config import compose_config
+from meta_safe.device import describe_device
 from meta_safe.errors import ConfigError
 from meta_safe.trainer import METRICS_FILE, MetaTrainer, train
 
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     print(
         f"{cfg.meta_optimizer.name}, torch backend, {n} iterations of "
         f"{cfg.meta.tasks_per_iteration} tasks x {cfg.meta.envs_per_task} envs x "
-        f"{cfg.meta.steps_per_env} steps, a checkpoint every iteration; {total:.0f} s in all, "
+        f"{cfg.meta.steps_per_env} steps, a checkpoint every iteration, on "
+        f"{describe_device(cfg.runtime.device)}; {total:.0f} s in all, "
         f"metrics.csv {metrics_kb:.0f} KB\n"
     )
     print("| iterations | median s per iteration | resident memory, MB |")

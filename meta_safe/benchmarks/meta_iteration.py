@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from meta_safe.cli.errors import ArgumentParser, run_cli
+from meta_safe.device import describe_device
 
 PROG = "meta-safe bench meta-iteration"
 WORKER_MODULE = "meta_safe.benchmarks.meta_iteration"
@@ -86,6 +87,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "warmup": rows[0],
         "timed": rows[1:],
         "torch_threads": torch.get_num_threads(),
+        "device": describe_device(trainer.device),
         "rss_self": peak_rss_bytes(resource.RUSAGE_SELF),
         "rss_children": peak_rss_bytes(resource.RUSAGE_CHILDREN),
     }
@@ -188,7 +190,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         f"({batch['meta.inner_steps']} inner + post) x {batch['meta.envs_per_task']} envs x "
         f"{batch['meta.steps_per_env']} steps = {steps:,} env steps, {updates} policy updates "
         f"per meta-iteration; median of {iterations} timed iteration(s) after 1 warm-up; "
-        f"each row in its own process; {platform.node()}, {platform.processor() or 'cpu'}.\n"
+        f"each row in its own process; {platform.node()}, on "
+        f"{', '.join(sorted({r['device'] for r in results.values()}))} (MuJoCo steps on the "
+        "CPU).\n"
     )
     print(
         "| backend | sampling (s) | inner updates (s) | meta-gradient (s) | outer step (s) "

@@ -66,7 +66,7 @@ keys:
                                  what is measured after each step
   evaluation.step_check_tries=N, meta.step_check_shrink, meta.step_check_margin
                                  the measured step check of adaptation
-  runtime.*                      threads, progress
+  runtime.*                      device (cpu, cuda, cuda:N), threads, progress
 
 """
 

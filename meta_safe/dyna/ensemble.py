@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from meta_safe.device import seeded_generator
 from meta_safe.dyna.ensemble_net import EnsembleNet, Standardizer, mean_pairwise_kl
 from meta_safe.dyna.transitions import (
     ACCEL_DIM,
@@ -180,7 +181,7 @@ class EnsembleModel:
             logvar_bound_weight=float(logvar_bound_weight),
             seed=seed,
         )
-        init = torch.Generator().manual_seed(cfg.seed)
+        init = seeded_generator(cfg.seed)
         self.net = EnsembleNet(cfg.members, [INPUT_DIM, *cfg.hidden, 2 * TARGET_DIM], init)
         self.input_scaler = Standardizer(INPUT_DIM)
         self.target_scaler = Standardizer(TARGET_DIM)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from meta_safe.device import seeded_generator
 from meta_safe.dyna.transitions import (
     ACCEL_DIM,
     ACTION_DIM,
@@ -135,7 +136,7 @@ class ModelEnv:
         self.context = (
             context_from_tasks(self.tasks, self.dtype).unsqueeze(1).expand(T, num_envs, 2)
         )
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = seeded_generator(seed)
         shape = (T, num_envs)
         self.state = torch.zeros(*shape, STATE_DIM, dtype=self.dtype)
         self.elapsed = torch.zeros(shape, dtype=torch.long)

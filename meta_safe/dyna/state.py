@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from meta_safe.device import seeded_generator
 from meta_safe.dyna.settings import DynaSettings
 from meta_safe.dyna.transitions import (
     ACCEL_DIM,
@@ -186,6 +187,6 @@ def held_out_errors(
         torch.cat(actions),
         torch.cat(contexts),
         horizons=(1, 5, horizon),
-        generator=torch.Generator().manual_seed(0),
+        generator=seeded_generator(0),
     )
     return {f"model_err/{k}": v for k, v in errors.items()}

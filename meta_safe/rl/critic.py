@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from meta_safe.device import seeded_generator
 from meta_safe.rl.value_baseline import features
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
@@ -65,7 +66,7 @@ class MLPCritic:
             self.net = nn.Sequential(*layers).double()
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.epochs, self.minibatch = epochs, minibatch
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = seeded_generator(seed)
 
     def fit(self, obs: Tensor, timestep: Tensor, targets: Tensor, horizon: int) -> float:
         """Regress ``targets`` on ``(obs, timestep)``.
