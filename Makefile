@@ -1,7 +1,7 @@
 # The two commands of the README. Each bootstraps .venv (idempotent) first.
 PY := .venv/bin/python
 
-.PHONY: run test bootstrap lint bench clean-venv
+.PHONY: run test bootstrap lint docs bench clean-venv
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -16,6 +16,10 @@ test: bootstrap
 
 lint: bootstrap
 	$(PY) -m ruff check .
+
+## API reference from the docstrings into build/api-site/ (strict: a broken reference fails).
+docs: bootstrap
+	$(PY) -m mkdocs build --strict
 
 clean-venv:
 	rm -rf .venv

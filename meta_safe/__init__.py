@@ -27,7 +27,7 @@ from meta_safe.trainer import train as train_loop
 from meta_safe.trajectories import Episode, plot_trajectories, rollout_episodes
 from stochastic_circle.tasks import CircleTask
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "Adaptation",

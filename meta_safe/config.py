@@ -180,7 +180,7 @@ class LoggingConfig:
     """Where per-iteration metrics go besides ``metrics.csv`` (always written)."""
 
     tensorboard: bool = True  # run_dir/tensorboard/
-    wandb: bool = False  # Weights & Biases (pip install 'meta-safe[wandb]'); imported only when on
+    wandb: bool = False  # Weights & Biases (the wandb extra); imported only when on
     wandb_project: str = "meta_safe"
     wandb_entity: str | None = None  # null: your default entity
     wandb_mode: str = "online"  # online | offline (sync later with `wandb sync`)
@@ -423,14 +423,27 @@ def validate(cfg: DictConfig) -> DictConfig:
             "valid robots there are ['point'] (use env.backend=mujoco for 'car')"
         )
     check_device(merged.runtime.device)
+    missing = [m for m in ("mujoco", "safety_gymnasium") if not module_available(m)]
+    if merged.env.backend == "mujoco" and missing:
+        raise ConfigError(
+            f"env.backend='mujoco' needs {' and '.join(missing)}, which this environment "
+            f"lacks: {MUJOCO_INSTALL} (or use env.backend=torch)"
+        )
     if merged.logging.wandb and not module_available("wandb"):
         raise ConfigError(
             "logging.wandb=true needs the wandb package, which is not installed: "
-            "pip install 'meta-safe[wandb]' (or pip install wandb), or logging.wandb=false"
+            "pip install wandb (the wandb extra), or logging.wandb=false"
         )
     _check_task_ranges(merged.env)
     _check_components(merged)
     return merged
+
+
+MUJOCO_INSTALL = (
+    "install the mujoco extra (from a clone: pip install '.[mujoco]'), then "
+    "pip install --no-deps safety-gymnasium==1.0.0 gymnasium-robotics==1.2.2"
+)
+"""How to add the MuJoCo backend to an installed meta-safe (see the README)."""
 
 
 def module_available(name: str) -> bool:

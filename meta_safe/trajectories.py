@@ -28,9 +28,12 @@ from stochastic_circle.tasks import CircleTask
 class Episode:
     """One episode of one task.
 
+    :ivar task: the task.
     :ivar positions: ``[N, 2]`` the robot's x-y before each step (on the CPU).
-    :ivar rewards, costs: ``[N]``. :ivar frames: rendered ``[H, W, 3]`` uint8 images
-        (MuJoCo backend, when asked), else ``None``.
+    :ivar rewards: ``[N]`` the reward of each step.
+    :ivar costs: ``[N]`` the cost of each step.
+    :ivar frames: rendered ``[H, W, 3]`` uint8 images (MuJoCo backend, when asked),
+        else ``None``.
     """
 
     task: CircleTask

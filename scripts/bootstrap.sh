@@ -36,13 +36,13 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 echo "[bootstrap] installing into $VENV (first run takes a minute or two)" >&2
 "${PIP[@]}" install --upgrade "pip>=24" setuptools wheel
 "${PIP[@]}" install "torch==2.13.0"
-# Everything pyproject.toml declares, with the mujoco, dev and ray extras (the tests
-# run both backends and a grid on a local Ray instance).
+# Everything pyproject.toml declares, with the mujoco, dev, ray and docs extras (the
+# tests run both backends, a grid on a local Ray instance and the API reference build).
 "$VENV/bin/python" - > "$VENV/.meta_safe-requirements.txt" <<'PY'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = project["optional-dependencies"]
-for req in project["dependencies"] + extras["mujoco"] + extras["dev"] + extras["ray"]:
+for req in project["dependencies"] + extras["mujoco"] + extras["dev"] + extras["ray"] + extras["docs"]:
     print(req)
 PY
 "${PIP[@]}" install "torch==2.13.0" -r "$VENV/.meta_safe-requirements.txt"

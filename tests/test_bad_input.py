@@ -297,3 +297,17 @@ def test_entry_points_take_the_same_error_path(tmp_path: Path) -> None:
             [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True
         )
         assert_clear_error(result.returncode, result.stderr, named)
+
+
+def test_mujoco_backend_without_its_extra_is_a_clear_error(monkeypatch) -> None:
+    """A ``pip install .`` without the mujoco extra: the backend is refused before any
+    work, with the install command."""
+    from meta_safe import config as config_module
+    from meta_safe.errors import ConfigError
+
+    monkeypatch.setattr(config_module, "module_available", lambda name: name != "mujoco")
+    with pytest.raises(ConfigError) as error:
+        config_module.compose_config(["env=point_circle_mujoco"])
+    message = str(error.value)
+    assert message.startswith("env.backend='mujoco' needs mujoco, which this environment lacks")
+    assert config_module.MUJOCO_INSTALL in message

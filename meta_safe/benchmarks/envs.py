@@ -102,6 +102,45 @@ def bench_mujoco_vector(episodes: int, num_envs: int, asynchronous: bool, seed: 
     return Result(f"ours MuJoCo, {kind}", num_envs, episodes, steps, seconds)
 
 
+def bench_resets(resets: int, seed: int) -> str:
+    """Median seconds per ``reset()`` of our MuJoCo env with ``render_mode=None`` and
+    ``"rgb_array"``, measured alternately in one process, plus the first (renderer
+    construction) and later ``render()`` calls; a markdown table."""
+    import statistics
+
+    envs = {
+        mode: MujocoCircleEnv(TASK, seed=seed, render_mode=mode) for mode in (None, "rgb_array")
+    }
+    times: dict[str | None, list[float]] = {mode: [] for mode in envs}
+    for i in range(resets):
+        for mode, env in envs.items():
+            start = time.perf_counter()
+            env.reset(seed=seed + i)
+            times[mode].append(time.perf_counter() - start)
+    renders = []
+    for _ in range(4):
+        start = time.perf_counter()
+        frame = envs["rgb_array"].render()
+        renders.append(time.perf_counter() - start)
+    for env in envs.values():
+        env.close()
+    plain, rendering = (statistics.median(times[m]) for m in envs)
+    return "\n".join(
+        [
+            f"MuJoCo reset with and without rendering ({resets} resets each, alternated; "
+            f"frames {frame.shape[1]}x{frame.shape[0]})",
+            "",
+            "| render_mode | median reset (ms) | x render_mode=None |",
+            "|---|---:|---:|",
+            f"| None | {1e3 * plain:.3f} | 1.00 |",
+            f"| rgb_array | {1e3 * rendering:.3f} | {rendering / plain:.2f} |",
+            "",
+            f"first render() (builds the renderer): {1e3 * renders[0]:.0f} ms; later "
+            f"render(): {1e3 * statistics.median(renders[1:]):.1f} ms",
+        ]
+    )
+
+
 def bench_torch(episodes: int, num_envs: int, seed: int, device: str = "cpu") -> Result | None:
     """The torch batched backend (auto-resets) on ``device``; None when it is not
     installed yet."""
@@ -152,6 +191,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     parser.add_argument("--quick", action="store_true", help="1 episode, smaller torch batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of actions and start states")
     parser.add_argument("--device", default="cpu", help="device of the torch backend: cpu, cuda")
+    parser.add_argument("--resets", type=int, default=200, help="resets per render mode")
     args = parser.parse_args(argv)
     device = check_device(args.device, key="--device")
     episodes = 1 if args.quick else args.episodes
@@ -171,6 +211,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     print(markdown_table(results + [r for r in torch_results if r is not None], stock))
     if any(r is None for r in torch_results):
         print("\ntorch backend: not available")
+    print("\n" + bench_resets(20 if args.quick else args.resets, args.seed))
 
 
 if __name__ == "__main__":
