@@ -158,3 +158,53 @@ def test_results_document_is_generated_from_the_committed_summaries(
     monkeypatch.setattr(write_results, "RESULTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="gone.json"):
         write_results.render(json.loads((tmp_path / "manifest.json").read_text()))
+
+
+@pytest.mark.slow
+def test_a_grid_on_a_two_node_ray_cluster_delivers_every_result_to_the_driver(
+    tmp_path: Path,
+) -> None:
+    """A local two-node cluster (``ray.cluster_utils.Cluster``): the code is shipped with
+    the runtime environment, every run works in a temporary directory of its node, and
+    its files arrive in the driver's ``--out``. A run that fails (a diverging learned
+    rule) is tried again, then reported, without losing the others; a second grid skips
+    the finished runs."""
+    import os
+    import subprocess
+
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        out = tmp_path / "grid"
+        cmd = grid_command(
+            out, "--ray", cluster.address, "--seeds", "0,1",
+            "--variant", "trpo:meta_optimizer=trpo",
+            "--variant", "diverges:meta_optimizer=lstm,meta.learned_rule_lr=1e30,meta.iterations=2",
+        )  # fmt: skip
+        env = {**os.environ, "STOCHASTIC_CIRCLE_COMPILE": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        # a driver outside the repository: workers cannot import the code from its folder
+        run = {"capture_output": True, "text": True, "env": env, "cwd": tmp_path, "timeout": 900}
+        first = subprocess.run(cmd, **run)
+        second = subprocess.run(cmd, **run)
+    finally:
+        cluster.shutdown()
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    for seed in (0, 1):
+        run_dir = out / "trpo" / f"seed{seed}"
+        report = json.loads((run_dir / "evaluation.json").read_text())
+        assert len(report["summary"]["mean_return"]) == 2
+        assert (run_dir / "checkpoint.pt").stat().st_size > 0
+        assert (run_dir / "metrics.csv").read_text().count("\n") == 2  # header + 1 iteration
+        assert f"{run_dir}: trained + evaluated" in first.stdout
+    assert first.stdout.count("runtime_resources/py_modules_files") == 6  # 4 runs + 2 retries
+    assert str(tmp_path) not in first.stdout.split("code from ")[1].split(")")[0]
+    assert first.stdout.count("retrying (1 tries left)") == 2
+    assert "2 of 4 runs failed" in first.stderr
+    log = out / "diverges" / "seed0" / "train.log"
+    assert str(log) in first.stderr and "CPOSolverError" in log.read_text()
+    assert second.returncode == 1
+    assert second.stdout.count(": already done") == 2
+    assert second.stdout.count("retrying (1 tries left)") == 2

@@ -20,8 +20,11 @@ with ``experiments/aggregate.py <out>``.
 
 ``--ray`` runs the grid as Ray tasks (one CPU each) instead of local threads:
 ``--ray`` alone starts a local Ray instance, ``--ray auto`` (or an address) joins a
-running cluster. Every node must see the repository (with its ``.venv``) and ``--out``
-at the same paths, e.g. on a shared file system.
+running cluster. The nodes need no shared file system: the code is shipped with Ray's
+runtime environment, each run works in a temporary directory of its node, and its files
+(checkpoint, metrics, reports, logs) come back to ``--out`` on the driver
+(:mod:`meta_safe.cli.grid_ray`). A run that fails other than by a user error is tried
+again (``--retries``), locally or on Ray.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from meta_safe.cli.errors import ArgumentParser, run_cli
+from meta_safe.cli.errors import USER_ERROR_STATUS, ArgumentParser, run_cli
 from meta_safe.errors import ConfigError
 
 PROG = "meta-safe grid"
@@ -68,11 +71,12 @@ def resume_flags(run_dir: Path) -> list[str]:
 
 def train_and_evaluate(
     run_dir: Path, overrides: list[str], seed: int, extra: list[tuple[str, list[str]]]
-) -> tuple[str, str | None]:
+) -> tuple[str, str | None, int]:
     """Train + evaluate one (variant, seed), then run the extra evaluations.
 
-    :return: ``(message, failure)``; ``failure`` names the failed command's log (``None``
-        when every command succeeded). A failure never raises, so the grid goes on.
+    :return: ``(message, failure, status)``; ``failure`` names the failed command's log
+        and ``status`` is its exit status (``None`` and 0 when every command succeeded).
+        A failure never raises, so the grid goes on.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     messages = []
@@ -113,22 +117,27 @@ def train_and_evaluate(
             failure = (
                 f"{run_dir}: {what} failed (exit {error.returncode}): {last} [log: {run_dir / log}]"
             )
-            return "; ".join([*messages, failure]), failure
+            return "; ".join([*messages, failure]), failure, error.returncode
         (run_dir / clock).write_text(f"{seconds:.1f}\n")
         messages.append(f"{run_dir}: {what} in {seconds:.0f} s")
-    return "; ".join(messages) or f"{run_dir}: already done", None
+    return "; ".join(messages) or f"{run_dir}: already done", None, 0
 
 
-def run_on_ray(jobs: list[tuple], address: str) -> list[tuple[str, str | None]]:
-    """Run every job as a one-CPU Ray task; ``address`` ``"local"`` starts Ray here."""
-    import ray
+def run_locally(jobs: list[tuple], workers: int, retries: int) -> list[str | None]:
+    """Every job in a pool of ``workers`` threads; a run that fails other than by a user
+    error (exit status 2) is tried again, up to ``retries`` times. Returns the failures."""
 
-    ray.init(address=None if address == "local" else address, log_to_driver=False)
-    try:
-        task = ray.remote(num_cpus=1)(train_and_evaluate)
-        return ray.get([task.remote(*job) for job in jobs])
-    finally:
-        ray.shutdown()
+    def attempt(job: tuple) -> str | None:
+        for tries_left in range(retries, -1, -1):
+            message, failure, status = train_and_evaluate(*job)
+            print(message, flush=True)
+            if failure is None or status == USER_ERROR_STATUS or tries_left == 0:
+                return failure
+            print(f"{job[0]}: retrying ({tries_left} tries left)", flush=True)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(attempt, jobs))
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
@@ -141,6 +150,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 per core)")
     parser.add_argument(
         "--ray", nargs="?", const="local", help="run on Ray: no value = local, or an address"
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="tries again of a run that fails other than by a user error (default 1)",
     )
     parser.add_argument(
         "--extra-eval", action="append", default=[], help="name:override,... (repeat)"
@@ -156,18 +171,16 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         for name, overrides in variants
         for seed in seeds
     ]
+    if args.retries < 0:
+        raise ConfigError(f"--retries={args.retries} is invalid: must be >= 0")
     start = time.perf_counter()
     if args.ray:
-        results = run_on_ray(jobs, args.ray)
-        for message, _ in results:
-            print(message, flush=True)
+        from meta_safe.cli.grid_ray import run_on_ray
+
+        outcomes = run_on_ray(jobs, out, args.ray, args.retries)
     else:
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            results = []
-            for message, failure in pool.map(lambda job: train_and_evaluate(*job), jobs):
-                print(message, flush=True)
-                results.append((message, failure))
-    failures = [failure for _, failure in results if failure]
+        outcomes = run_locally(jobs, args.jobs, args.retries)
+    failures = [failure for failure in outcomes if failure]
     print(f"{len(jobs)} runs in {time.perf_counter() - start:.0f} s wall-clock")
     if failures:
         print(
