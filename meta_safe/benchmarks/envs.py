@@ -3,8 +3,10 @@
 Every row plays whole 500-step episodes with random actions and counts
 ``envs x episodes x 500`` env steps over the wall time of resets plus steps, so
 stock Safety-Gymnasium's model rebuild in ``reset`` is charged where it happens.
-Rows: stock ``SafetyPointCircle1-v0``; our MuJoCo backend (1 env, SyncVectorEnv,
-AsyncVectorEnv); the torch batched backend at 1, 64 and 4096 envs (if present).
+Rows: stock ``SafetyPointCircle1-v0``; the physics alone (``mj_step`` + ``mj_forward``
+per env step on our env's compiled model, no resets: the limit any env on it can
+reach); our MuJoCo backend (1 env, SyncVectorEnv, AsyncVectorEnv, the batched env on 1
+and 2 stepping threads); the torch batched backend at 1, 64, 4096 and 16384 envs.
 
     meta-safe bench envs            # 4 episodes per env
     meta-safe bench envs --quick    # 1 episode per env, smaller batches
@@ -141,6 +143,53 @@ def bench_resets(resets: int, seed: int) -> str:
     )
 
 
+def bench_raw_physics(episodes: int, seed: int) -> Result:
+    """What one env step costs in MuJoCo alone on our env's compiled model: the same
+    ``mj_step(nstep=...)`` and ``mj_forward`` as :meth:`MujocoCircleEnv.step_with_cost`,
+    without observation, reward, cost or resets."""
+    import mujoco
+
+    from stochastic_circle.mujoco_backend import PHYSICS_STEPS_PER_ENV_STEP
+
+    env = MujocoCircleEnv(TASK, seed=seed)
+    env.reset(seed=seed)
+    model, data = env.model, env.data
+    acts = np.random.default_rng(seed).uniform(-1, 1, (EPISODE_LENGTH, 2))
+
+    def run() -> int:
+        for _ in range(episodes):
+            for action in acts:
+                data.ctrl[:] = action
+                mujoco.mj_step(model, data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
+                mujoco.mj_forward(model, data)
+        return episodes * EPISODE_LENGTH
+
+    steps, seconds = timed(run)
+    return Result("physics only (mj_step + mj_forward)", 1, episodes, steps, seconds)
+
+
+def bench_mujoco_batched(episodes: int, num_envs: int, threads: int, seed: int) -> Result:
+    """The batched MuJoCo env of meta-training (torch tensors in and out), ``threads``
+    stepping threads."""
+    import torch
+
+    from stochastic_circle.mujoco_batched import MujocoBatchedEnv
+
+    env = MujocoBatchedEnv([TASK], num_envs, seed=seed, step_threads=threads)
+    generator = torch.Generator().manual_seed(seed)
+
+    def run() -> int:
+        env.reset(seed=seed)
+        for _ in range(episodes * EPISODE_LENGTH):
+            env.step(torch.rand(1, num_envs, 2, generator=generator) * 2 - 1)
+        return episodes * EPISODE_LENGTH * num_envs
+
+    steps, seconds = timed(run)
+    env.close()
+    label = f"ours MuJoCo batched, {threads} thread{'s' if threads > 1 else ''}"
+    return Result(label, num_envs, episodes, steps, seconds)
+
+
 def bench_torch(episodes: int, num_envs: int, seed: int, device: str = "cpu") -> Result | None:
     """The torch batched backend (auto-resets) on ``device``; None when it is not
     installed yet."""
@@ -199,16 +248,31 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         parser.error(f"--episodes={episodes} is invalid: must be >= 1")
 
     stock = bench_stock(episodes, args.seed)
+    # the share compares the fastest of 3 alternated repetitions of each
+    pairs = [
+        (bench_raw_physics(episodes, args.seed), bench_mujoco_single(episodes, args.seed))
+        for _ in range(3)
+    ]
+    physics = min((p for p, _ in pairs), key=lambda r: r.seconds)
+    single = min((s for _, s in pairs), key=lambda r: r.seconds)
     results = [
         stock,
-        bench_mujoco_single(episodes, args.seed),
+        physics,
+        single,
         bench_mujoco_vector(episodes, 4, asynchronous=False, seed=args.seed),
         bench_mujoco_vector(episodes, 2, asynchronous=True, seed=args.seed),
+        bench_mujoco_batched(episodes, 4, 1, args.seed),
+        bench_mujoco_batched(episodes, 4, 2, args.seed),
     ]
-    torch_sizes = (1, 64, 512) if args.quick else (1, 64, 4096)
+    torch_sizes = (1, 64, 512) if args.quick else (1, 64, 4096, 16384)
     torch_results = [bench_torch(episodes, n, args.seed, str(device)) for n in torch_sizes]
     print(f"MuJoCo rows on the CPU; torch rows on {describe_device(device)}\n")
     print(markdown_table(results + [r for r in torch_results if r is not None], stock))
+    share = single.steps_per_second / physics.steps_per_second
+    print(
+        f"\nours MuJoCo, 1 env, resets included: {share:.0%} of the physics-only rate on "
+        "the same model (fastest of 3 alternated repetitions each)"
+    )
     if any(r is None for r in torch_results):
         print("\ntorch backend: not available")
     print("\n" + bench_resets(20 if args.quick else args.resets, args.seed))
