@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meta_safe.cli.errors import USER_ERROR_STATUS, one_line
+from meta_safe.errors import ConfigError
 
 Files = dict[str, bytes]
 """A run directory's files: path relative to the run directory -> contents."""
@@ -94,18 +95,26 @@ def run_on_ray(jobs: list[tuple], out: Path, address: str, retries: int) -> list
     """Run every ``(run_dir, overrides, seed, extra)`` job as a one-CPU Ray task and
     deliver its files to ``run_dir`` (under ``out``); returns each job's failure or
     ``None``. ``address`` ``"local"`` starts Ray here, else joins that cluster."""
-    import ray
+    try:
+        import ray
+    except ImportError as error:
+        raise ConfigError("--ray needs Ray, which is not installed: pip install ray") from error
 
     runtime_env = {
         "py_modules": code_to_ship(),
         "excludes": ["__pycache__", "*.pyc"],
         "env_vars": {"OMP_NUM_THREADS": "1"},
     }
-    ray.init(
-        address=None if address == "local" else address,
-        runtime_env=runtime_env,
-        log_to_driver=False,
-    )
+    try:
+        ray.init(
+            address=None if address == "local" else address,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"--ray {address}: could not start or join Ray: {one_line(error)}"
+        ) from error
     task = ray.remote(num_cpus=1, max_retries=0)(run_remotely)
     failures: list[str | None] = [None] * len(jobs)
 
