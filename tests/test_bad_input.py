@@ -311,3 +311,22 @@ def test_mujoco_backend_without_its_extra_is_a_clear_error(monkeypatch) -> None:
     message = str(error.value)
     assert message.startswith("env.backend='mujoco' needs mujoco, which this environment lacks")
     assert config_module.MUJOCO_INSTALL in message
+
+
+def test_an_unreachable_ray_address_is_a_clear_error(tmp_path, capsys, monkeypatch) -> None:
+    """Ray would retry the connection for minutes; the grid refuses at once."""
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--variant",
+        "a:meta_optimizer=trpo",
+        "--ray",
+        f"127.0.0.1:{port}",
+    ]
+    status, _, err = run_script("run_variants", argv, capsys, monkeypatch)
+    assert_clear_error(status, err, f"--ray 127.0.0.1:{port}: nothing answers there")

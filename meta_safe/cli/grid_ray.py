@@ -91,6 +91,21 @@ def code_to_ship() -> list[str]:
     return [str(Path(m.__file__).parent) for m in (meta_safe, stochastic_circle)]
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` address nothing answers on (Ray itself would keep retrying
+    for minutes); ``local``, ``auto`` and ``ray://`` addresses are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if address in ("local", "auto") or "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConfigError(
+            f"--ray {address}: nothing answers there ({error}); give the head node's "
+            "address (ray start --head prints it), auto, or no value for a local Ray"
+        ) from error
+
+
 def run_on_ray(jobs: list[tuple], out: Path, address: str, retries: int) -> list[str | None]:
     """Run every ``(run_dir, overrides, seed, extra)`` job as a one-CPU Ray task and
     deliver its files to ``run_dir`` (under ``out``); returns each job's failure or
@@ -105,6 +120,7 @@ def run_on_ray(jobs: list[tuple], out: Path, address: str, retries: int) -> list
         "excludes": ["__pycache__", "*.pyc"],
         "env_vars": {"OMP_NUM_THREADS": "1"},
     }
+    check_reachable(address)
     try:
         ray.init(
             address=None if address == "local" else address,
