@@ -13,10 +13,18 @@ BACKENDS: tuple[str, ...] = ("torch", "mujoco")
 
 
 def make_batched_env(
-    env_cfg: Any, tasks: Sequence[CircleTask], num_envs: int, seed: int
+    env_cfg: Any,
+    tasks: Sequence[CircleTask],
+    num_envs: int,
+    seed: int,
+    track_states: bool = False,
 ) -> BatchedEnv:
     """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way.
-    Its tensors live on :func:`~meta_safe.device.current_device`."""
+    Its tensors live on :func:`~meta_safe.device.current_device`.
+
+    :param track_states: the env exposes planar states (``state``, ``final_state``) for
+        the batches (Dyna needs them); the torch backend always does.
+    """
     backend = env_cfg.backend
     common = {
         "seed": seed,
@@ -32,7 +40,9 @@ def make_batched_env(
         from stochastic_circle.mujoco_batched import MujocoBatchedEnv
 
         threads = env_cfg.get("step_threads", 1)
-        return MujocoBatchedEnv(list(tasks), num_envs, step_threads=threads, **common)
+        return MujocoBatchedEnv(
+            list(tasks), num_envs, step_threads=threads, track_states=track_states, **common
+        )
     raise ValueError(f"env.backend={backend!r} is unknown: valid choices are {list(BACKENDS)}")
 
 

@@ -52,6 +52,8 @@ class AdaptationReport:
     env_steps_per_step: int
     rejected: list[list[int]] | None = None  # [t][k] rejected candidates of step k (step check)
     extra_steps: int = 0  # env steps of the step check's retries, all tasks
+    # per inner step k, the share of model samples in its update (Dyna; None without)
+    model_share: list[float] | None = None
     # per collection k, the stacked per-task parameters after k steps (not written out)
     policies: list[Params] | None = field(default=None, repr=False, compare=False)
 
@@ -83,6 +85,7 @@ class AdaptationReport:
             "costs": self.costs,
             "rejected": self.rejected,
             "extra_steps": self.extra_steps,
+            "model_share": self.model_share,
             "summary": self.summary(),
         }
 
@@ -183,12 +186,14 @@ def evaluate_adaptation(
     """
     if measure not in EVALUATION_POLICIES:
         raise ValueError(f"measure={measure!r} is unknown: valid are {EVALUATION_POLICIES}")
-    env = make_batched_env(env_cfg, tasks, envs_per_task, seed)
+    env = make_batched_env(env_cfg, tasks, envs_per_task, seed, track_states=dyna is not None)
     post_source = RealRollouts(env, steps_per_env, adv_cfg, env_cfg.episode_steps)
     source: InnerDataSource = post_source
     if dyna is not None:
         state, settings = dyna
-        real_env = make_batched_env(env_cfg, tasks, settings.real_envs_per_task, seed)
+        real_env = make_batched_env(
+            env_cfg, tasks, settings.real_envs_per_task, seed, track_states=True
+        )
         source = DynaRollouts(
             real_env, tasks, state, settings, steps_per_env, adv_cfg, env_cfg.episode_steps
         )
@@ -228,6 +233,9 @@ def evaluate_adaptation(
         tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks),
         rejected=rejected if result.checks else None,
         extra_steps=sum(c.extra_steps for c in result.checks),
+        model_share=[float(i.get("model_share", 0.0)) for i in result.infos[:inner_steps]]
+        if dyna is not None
+        else None,
         policies=[{k: v.detach() for k, v in p.items()} for p in result.policies],
     )  # fmt: skip
 

@@ -298,7 +298,9 @@ def inner_source(
     if dyna is None:
         return real
     cfg = setup.cfg
-    env = make_batched_env(cfg.env, tasks, setup.dyna_settings.real_envs_per_task, seed)
+    env = make_batched_env(
+        cfg.env, tasks, setup.dyna_settings.real_envs_per_task, seed, track_states=True
+    )
     return DynaRollouts(
         env, tasks, dyna, setup.dyna_settings, cfg.meta.steps_per_env, setup.adv_cfg,
         cfg.env.episode_steps,
@@ -337,7 +339,13 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
     cfg, meta_cfg, i, policy = setup.cfg, setup.cfg.meta, state.iteration, setup.policy
     # 1. tasks and their environments
     tasks = setup.train_tasks.sample(meta_cfg.tasks_per_iteration, iteration_seed(cfg.seed, i, 0))
-    env = make_batched_env(cfg.env, tasks, meta_cfg.envs_per_task, iteration_seed(cfg.seed, i, 1))
+    env = make_batched_env(
+        cfg.env,
+        tasks,
+        meta_cfg.envs_per_task,
+        iteration_seed(cfg.seed, i, 1),
+        track_states=state.dyna is not None,  # the model learns from the post batch too
+    )
     post_source = RealRollouts(env, meta_cfg.steps_per_env, setup.adv_cfg, cfg.env.episode_steps)
     source = inner_source(setup, state.dyna, tasks, post_source, iteration_seed(cfg.seed, i, 1))
     generator = seeded_generator(iteration_seed(cfg.seed, i, 2))

@@ -62,7 +62,7 @@ TRAIN_CASES = [
     (["meta_optimizer.foo=1"], ["meta_optimizer.foo", "trust_radius"]),
     (["runtime.device=cuda"], ["runtime.device", "cuda", "cpu"]),
     (["env.robot=car"], ["env.robot='car'", "torch", "mujoco"]),
-    (["dyna=ensemble", "env=point_circle_mujoco"], ["dyna='ensemble'", "mujoco", "torch"]),
+    (["dyna=ensemble", "env=car_circle_mujoco"], ["dyna='ensemble'", "car", "point"]),
     (["dyna=ensemble", "dyna.model.members=0"], ["dyna.model.members=0"]),
     (["meta_optimizer=pid", "meta_optimizer.k_p=-1"], ["meta_optimizer.k_p", "-1"]),
     (["meta_optimizer=lstm", "meta_optimizer.hidden=4"], ["meta_optimizer.hidden", "hidden_size"]),

@@ -1,22 +1,14 @@
 """The hydra entry point resolves, validates and runs."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-from tiny import TINY
+from tiny import TINY, run_module
 
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "meta_safe.meta_trainer", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("meta_safe.meta_trainer", *args, timeout=300)
 
 
 def test_help_lists_config_groups() -> None:
@@ -41,47 +33,23 @@ def test_unknown_option_is_a_clear_error() -> None:
 @pytest.mark.slow
 def test_cli_trains_evaluates_and_evaluate_runs_on_mujoco(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meta_safe.meta_trainer",
-            *TINY,
-            "meta_optimizer=lagrangian",
-            "meta.iterations=1",
-            f"run_dir={run_dir}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_module(
+        "meta_safe.meta_trainer",
+        *TINY,
+        "meta_optimizer=lagrangian",
+        "meta.iterations=1",
+        f"run_dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| inner steps | return" in result.stdout
     for name in ("metrics.csv", "checkpoint.pt", "evaluation.json", "evaluation.png"):
         assert (run_dir / name).exists(), name
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meta_safe.evaluate",
-            f"checkpoint={run_dir}",
-            "env.backend=mujoco",
-            "tasks=[[2.2,1.3],[2.4,1.4]]",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_module(
+        "meta_safe.evaluate", f"checkpoint={run_dir}", "env.backend=mujoco",
+        "tasks=[[2.2,1.3],[2.4,1.4]]",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mujoco backend" in result.stdout
     assert (run_dir / "evaluation_mujoco.json").exists()
-    bad = subprocess.run(
-        [sys.executable, "-m", "meta_safe.evaluate", f"checkpoint={tmp_path / 'nope'}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    bad = run_module("meta_safe.evaluate", f"checkpoint={tmp_path / 'nope'}")
     assert bad.returncode != 0 and "does not exist" in bad.stderr

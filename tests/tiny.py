@@ -2,6 +2,8 @@
 40-step episodes."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -44,3 +46,14 @@ def tiny_cfg(*overrides: str) -> DictConfig:
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open() as handle:
         return list(csv.DictReader(handle))
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

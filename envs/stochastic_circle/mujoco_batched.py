@@ -30,6 +30,10 @@ class MujocoBatchedEnv:
 
     :param step_threads: threads that step disjoint slices of the envs; results do not
         depend on it (each env has its own model, data and random generator).
+    :param track_states: keep :attr:`state` (``[T, E, 6]`` planar state of every agent,
+        after any auto-reset) and :attr:`final_state` (the state each step ended in,
+        before any reset), as the torch backend does; both stay ``None`` otherwise.
+        Model-based data sources need them; they cost one velocity query per step.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class MujocoBatchedEnv:
         dtype: torch.dtype = torch.float32,
         step_threads: int = 1,
         device: str | torch.device = "cpu",
+        track_states: bool = False,
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: give at least one CircleTask")
@@ -66,6 +71,9 @@ class MujocoBatchedEnv:
         self._obs_dim = int(self.envs[0][0].observation_space.shape[0])
         self.final_obs = torch.zeros(self.num_tasks, num_envs, self._obs_dim, dtype=dtype)
         self._seeded = False
+        self.track_states = track_states
+        self.state: Tensor | None = None
+        self.final_state: Tensor | None = None
         flat = [(t, e) for t in range(self.num_tasks) for e in range(num_envs)]
         threads = min(step_threads, len(flat))
         # Interleaved slices, one per thread; each writes only its own entries of the outputs.
@@ -103,6 +111,9 @@ class MujocoBatchedEnv:
                 env_seed = None if seed is None else seed + t * self.num_envs + e
                 obs[t, e], _ = env.reset(seed=env_seed)
         self._seeded = True
+        if self.track_states:
+            self.state = self.planar_states()
+            self.final_state = self.state.clone()
         return self._tensor(obs)
 
     def planar_states(self) -> Tensor:
@@ -125,6 +136,9 @@ class MujocoBatchedEnv:
         final = np.empty_like(obs)
         reward, cost = np.empty(shape), np.empty(shape)
         terminated, truncated = np.zeros(shape, bool), np.zeros(shape, bool)
+        track = self.track_states
+        if track:
+            states, final_states = np.empty((*shape, 6)), np.empty((*shape, 6))
 
         def step_slice(indices: list[tuple[int, int]]) -> None:
             for t, e in indices:
@@ -132,7 +146,14 @@ class MujocoBatchedEnv:
                 o, r, c, term, trunc, _ = env.step_with_cost(actions[t, e])
                 final[t, e], reward[t, e], cost[t, e] = o, r, c
                 terminated[t, e], truncated[t, e] = term, trunc
+                if track:
+                    final_states[t, e] = planar_state_of(env.model, env.data)
                 obs[t, e] = env.reset()[0] if (term or trunc) else o
+                if track:
+                    ended = term or trunc
+                    states[t, e] = (
+                        planar_state_of(env.model, env.data) if ended else final_states[t, e]
+                    )
 
         if self._pool is None:
             step_slice(self._slices[0])
@@ -140,6 +161,8 @@ class MujocoBatchedEnv:
             for done in [self._pool.submit(step_slice, part) for part in self._slices]:
                 done.result()  # re-raises a worker's exception here
         self.final_obs = self._tensor(final)
+        if track:
+            self.state, self.final_state = self._tensor(states), self._tensor(final_states)
         return (
             self._tensor(obs),
             self._tensor(reward),

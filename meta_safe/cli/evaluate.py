@@ -140,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(report.policies) - 1} inner steps ({cfg.env.backend} backend)",
         )
     )  # fmt: skip
+    dyna = cfg.dyna.name if cfg.dyna is not None else "none"
     print(
         report.table(
             f"{cfg.meta_optimizer.name}: {len(report.tasks)} {cfg.evaluation.split} "
-            f"tasks, {cfg.env.backend} backend, after iteration {state['iteration']}"
+            f"tasks, {cfg.env.backend} backend, after iteration {state['iteration']} "
+            f"(dyna={dyna}, {report.env_steps_per_step:,} real steps per task per update)"
         )
     )
     print("wrote " + ", ".join(str(p) for p in paths))

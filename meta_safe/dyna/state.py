@@ -22,6 +22,10 @@ from meta_safe.dyna.transitions import (
 from meta_safe.rl.rollout import Batch
 from stochastic_circle.tasks import CircleTask
 
+#: Robots whose observation is a known function of the planar state and accelerometer
+#: (:func:`stochastic_circle.torch_backend.observe`, on both backends).
+DYNA_ROBOTS: tuple[str, ...] = ("point",)
+
 
 class DynaState:
     """The learned part of Dyna that persists across meta-iterations (checkpointed).
@@ -114,8 +118,8 @@ def transitions(batch: Batch, tasks: list[CircleTask]) -> Transitions:
     """The real transitions of ``batch`` flattened over tasks, envs and steps."""
     if batch.states is None or batch.next_states is None or batch.next_raw_obs is None:
         raise ValueError(
-            "Dyna needs planar states in the batch: env.backend='torch' provides them "
-            "(valid choices for dyna other than 'none': env.backend=['torch'])"
+            "Dyna needs planar states in the batch: build the env with track_states=True "
+            "(make_batched_env)"
         )
     T, E, N = batch.rewards.shape
     context = context_from_tasks(tasks, batch.states.dtype)[:, None, None, :].expand(T, E, N, -1)
@@ -135,11 +139,11 @@ def build_dyna(dyna_cfg: Any, env_cfg: Any) -> tuple[DynaState | None, DynaSetti
 
     if dyna_cfg is None or dyna_cfg.get("name", "none") == "none":
         return None, None
-    if env_cfg.backend != "torch" or env_cfg.robot != "point":
+    if env_cfg.robot not in DYNA_ROBOTS:
         raise ValueError(
-            f"dyna={dyna_cfg.name!r} with env.backend={env_cfg.backend!r}, "
-            f"env.robot={env_cfg.robot!r}: model rollouts need planar states, valid with "
-            "env.backend='torch' and env.robot='point' (or use dyna=none)"
+            f"dyna={dyna_cfg.name!r} with env.robot={env_cfg.robot!r}: model rollouts need "
+            f"the robot's observation as a function of its planar state, valid robots are "
+            f"{list(DYNA_ROBOTS)} (or use dyna=none)"
         )
     spec = OmegaConf.to_container(dyna_cfg)
     model = instantiate(spec.pop("model"))

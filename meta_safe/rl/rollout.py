@@ -201,7 +201,7 @@ def collect(
     elapsed = torch.zeros(T, E, dtype=torch.long)
     # Envs that keep an episode clock (model envs start mid-episode) report it.
     clock = getattr(env, "elapsed", None)
-    track_states = hasattr(env, "state") and hasattr(env, "final_state")
+    track_states = getattr(env, "state", None) is not None and hasattr(env, "final_state")
     if track_states:
         store["states"], store["next_states"], store["next_raw_obs"] = [], [], []
     means = action_means(policy, params, per_task)
