@@ -187,6 +187,8 @@ def test_evaluation_command_bad_checkpoints(trained_run: Path, tmp_path: Path, c
         (["evaluation.inner_steps=-2"], ["evaluation.inner_steps=-2"]),
         (["env.backend=gpu"], ["env.backend", "gpu", "mujoco"]),
         (["foo"], ["'foo'", "key=value"]),
+        (["dyna.real_envs_per_task=2"], ["dyna.real_envs_per_task", "dyna=none"]),
+        (["dyna.members=2"], ["dyna.members", "cannot be set here"]),
     ],
 )
 def test_evaluation_command_bad_arguments(trained_run: Path, arguments, named, capsys) -> None:

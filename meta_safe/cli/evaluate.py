@@ -32,6 +32,8 @@ OVERRIDABLE = (
     "env.cost_limit",
     "env.held_out",
     "env.meta_train",
+    "dyna.real_envs_per_task",
+    "dyna.model_envs_per_task",
     "evaluation",
     "runtime",
 )
@@ -66,6 +68,8 @@ keys:
                                  what is measured after each step
   evaluation.step_check_tries=N, meta.step_check_shrink, meta.step_check_margin
                                  the measured step check of adaptation
+  dyna.real_envs_per_task=E, dyna.model_envs_per_task=M
+                                 a Dyna checkpoint's real and imagined envs per update
   runtime.*                      device (cpu, cuda, cuda:N), threads, progress
 
 """
@@ -89,7 +93,7 @@ def parse(argv: list[str]) -> OmegaConf:
         raise ConfigError(f"arguments {argv!r} could not be parsed: {error}") from error
     if "checkpoint" not in cli:
         raise ConfigError("checkpoint=<run dir or checkpoint.pt> is required")
-    sections = ("env", "evaluation", "runtime", "meta")
+    sections = ("env", "evaluation", "runtime", "meta", "dyna")
     unknown = [k for k in cli if k not in TOP_LEVEL + sections]
     for section in sections:
         for key in cli.get(section) or {}:
@@ -118,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     cli = parse(argv)
     state = load(cli.checkpoint)
     cfg = OmegaConf.create(state["config"])
+    if "dyna" in cli and (cfg.get("dyna") is None or cfg.dyna.get("name") == "none"):
+        key = next(iter(cli.dyna))
+        raise ConfigError(f"dyna.{key} applies to a Dyna checkpoint: this one has dyna=none")
     cfg = OmegaConf.merge(
-        cfg, {k: v for k, v in cli.items() if k in ("env", "evaluation", "runtime", "meta")}
+        cfg,
+        {k: v for k, v in cli.items() if k in ("env", "evaluation", "runtime", "meta", "dyna")},
     )
     cfg = validate(cfg)
     explicit = cli.get("tasks")
