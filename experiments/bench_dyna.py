@@ -187,6 +187,19 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report(summary: dict[str, Any]) -> str:
+    """Per split of a ``summary.json``: its table and verdict lines, as markdown."""
+    parts = []
+    for split, result in summary["splits"].items():
+        parts += [f"### {SPLIT_TITLES[split].capitalize()}", "", markdown(result["rows"]), ""]
+        parts += [*result["verdicts"], ""]
+    parts.append(
+        "Gain from adaptation: return after K steps minus return before adapting. Model "
+        "share: the mean share of imagined samples in the inner updates."
+    )
+    return "\n".join(parts)
+
+
 def plot(summary: dict[str, Any], path: Path) -> None:
     """Return and within-limit share against real steps per update, per split."""
     import matplotlib
@@ -306,7 +319,6 @@ def main() -> None:
         list(pool.map(lambda e: evaluate(*e), evals))
 
     summary: dict[str, Any] = {"seeds": args.seeds, "variants": variants, "splits": {}}
-    text = []
     for split in splits:
         rows: dict[str, dict[str, Any]] = {}
         for v in variants:
@@ -321,18 +333,13 @@ def main() -> None:
                 name = f"none, {envs} env" if v == "none" else f"{v}, {envs} env + model"
                 rows[name] = row(reports, [training_real_steps(d) for d in dirs])
                 rows[name] |= {"variant": v, "wall_clock": wall_clock(dirs)}
-        lines = verdicts(rows, variants)
-        summary["splits"][split] = {"rows": rows, "verdicts": lines}
-        text += [f"### {SPLIT_TITLES[split]}", "", markdown(rows), "", *lines, ""]
-    text.append(
-        "Gain from adaptation: return after K steps minus return before adapting. Model "
-        "share: the mean share of imagined samples in the inner updates."
-    )
-    text.append(
+        summary["splits"][split] = {"rows": rows, "verdicts": verdicts(rows, variants)}
+    text = [
+        report(summary),
         f"\nSeeds {args.seeds}; mean ± standard error across seeds of the per-seed mean over "
         f"tasks. This invocation took {time.perf_counter() - start:.0f} s "
-        "(finished runs and evaluations are reused)."
-    )
+        "(finished runs and evaluations are reused).",
+    ]
     (out / "table.md").write_text("\n".join(text) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot(summary, out / "curves.png")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregate import table
+from bench_dyna import report as dyna_report
 
 from meta_safe.cli.errors import ArgumentParser, run_cli
 from meta_safe.errors import UserError
@@ -34,21 +35,6 @@ def per_step_line(summaries: dict[str, dict[str, Any]]) -> str:
     return "Within the limit after 0 / 1 / ... / K inner steps: " + "; ".join(parts) + "."
 
 
-def dyna_table(summaries: dict[str, dict[str, Any]]) -> str:
-    lines = [
-        "| variant | real steps per update per task | return after K | gain from adaptation "
-        "| cost after K | within limit | real steps of meta-training | train + eval per run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, s in summaries.items():
-        lines.append(
-            f"| {name} | {s['real_steps']:,} | {s['return']:.2f} ± {s['return_se']:.2f} "
-            f"| {s['gain']:+.2f} ± {s['gain_se']:.2f} | {s['cost']:.1f} ± {s['cost_se']:.1f} "
-            f"| {100 * s['within']:.0f}% | {s['train_steps']:,} | {s['wall_clock']:.0f} s |"
-        )
-    return "\n".join(lines)
-
-
 def load(name: str) -> dict[str, Any]:
     path = RESULTS / name
     if not path.is_file():
@@ -62,7 +48,7 @@ def section(entry: dict[str, Any]) -> str:
         summaries = load(entry["summary"])
         out += [table(summaries, entry.get("stem", "evaluation")), "", per_step_line(summaries)]
     elif "dyna_summary" in entry:
-        out.append(dyna_table(load(entry["dyna_summary"])))
+        out.append(dyna_report(load(entry["dyna_summary"])))
     else:
         out.append(entry["recorded"])
     out += ["", f"**Settings.** {entry['settings']}", ""]

@@ -294,8 +294,9 @@ def check_finite(
 def inner_source(
     setup: MetaSetup, dyna: DynaState | None, tasks: list[CircleTask], real: RealRollouts, seed: int
 ) -> InnerDataSource:
-    """The inner loop's data: ``real`` without Dyna, else a small real batch + model."""
-    if dyna is None:
+    """The inner loop's data: ``real`` without Dyna (or with Dyna kept to adaptation:
+    ``dyna.imagined_in_meta_training=false``), else a small real batch + model."""
+    if dyna is None or not setup.dyna_settings.imagined_in_meta_training:
         return real
     cfg = setup.cfg
     env = make_batched_env(

@@ -63,3 +63,27 @@ def test_torch_trained_dyna_checkpoint_adapts_on_mujoco(tmp_path: Path) -> None:
     assert report["model_share"] and min(report["model_share"]) > 0
     # the real steps per update are Dyna's small real batch, not evaluation.envs_per_task's
     assert report["env_steps_per_step"] == 1 * 40
+
+
+def test_dyna_kept_to_adaptation_meta_trains_on_real_data_and_adapts_with_the_model(
+    tmp_path: Path,
+) -> None:
+    """``dyna.imagined_in_meta_training=false``: meta-training's inner batches are the
+    real ``meta.envs_per_task`` envs (no imagined samples), the model still learns from
+    them, and adaptation then mixes in imagined data."""
+    from meta_safe.checkpoint import load
+    from meta_safe.evaluation import evaluate_meta_state
+    from meta_safe.trainer import MetaTrainer
+
+    cfg = tiny_cfg(*SMALL_ENSEMBLE, "dyna.imagined_in_meta_training=false", "meta.iterations=3")
+    train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert all(float(r.get("model_share") or 0) == 0 for r in rows)
+    steps = 2 * 2 * 40 * 2  # tasks x envs x steps, inner and post batch: all real
+    assert all(float(r["env_steps"]) == steps for r in rows)
+    assert float(rows[-1]["model/buffer"]) > float(rows[0]["model/buffer"])
+    trainer = MetaTrainer(cfg, tmp_path)
+    trainer.load_state_dict(load(tmp_path))
+    report = evaluate_meta_state(trainer.setup, trainer.state, cfg)
+    assert min(report.model_share) > 0
+    assert report.env_steps_per_step == 1 * 40  # dyna.real_envs_per_task

@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(Path(REPO_ROOT) / "experiments"))
 from aggregate import aggregate, stems_in  # noqa: E402
-from bench_dyna import steps_to_match  # noqa: E402
+from bench_dyna import steps_to_match, verdicts  # noqa: E402
 from run_variants import parse_variant  # noqa: E402
 
 
@@ -76,6 +76,22 @@ TINY_GRID = [
     "evaluation.envs_per_task=1",
     "evaluation.steps_per_env=20",
 ]
+
+
+def test_dyna_verdict_compares_the_cheapest_matching_budget_with_none_at_its_largest() -> None:
+    def point(variant: str, steps: int, ret: float, within: float) -> dict:
+        return {"variant": variant, "real_steps": steps, "return": ret, "within": within}
+
+    none = {f"none {s}": point("none", s, r, w) for s, r, w in ((500, 8, 1), (4000, 12, 0.8))}
+    reaches = {"a": point("ensemble", 500, 11, 0.9), "b": point("ensemble", 1000, 12.5, 0.85)}
+    lines = verdicts({**none, **reaches}, ["none", "ensemble"])
+    assert "with 1,000 (0.25x; within a third)" in lines[-1]
+    assert "no lower than its 80% (85%)" in lines[-1]
+    unsafe = {"a": point("ensemble", 2000, 13, 0.5)}
+    lines = verdicts({**none, **unsafe}, ["none", "ensemble"])
+    assert "more than a third" in lines[-1] and "below its 80% (50%)" in lines[-1]
+    short = {"a": point("ensemble", 500, 9, 1.0)}
+    assert "does not reach" in verdicts({**none, **short}, ["none", "ensemble"])[-1]
 
 
 def grid_command(out: Path, *args: str) -> list[str]:

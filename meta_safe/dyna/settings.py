@@ -24,6 +24,10 @@ class DynaSettings:
     train_every: int = 1
     branch_from: str = "episode_starts"
     start_pool_size: int = 4096
+    # False: meta-training's inner updates use real data only (meta.envs_per_task envs,
+    # as dyna=none), the model still learns from every real batch, and only adaptation
+    # (evaluation) mixes in imagined data
+    imagined_in_meta_training: bool = True
 
     def __post_init__(self) -> None:
         if self.branch_from not in BRANCH_FROM:
