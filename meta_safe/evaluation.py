@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class AdaptationReport:
     extra_steps: int = 0  # env steps of the step check's retries, all tasks
     # per inner step k, the share of model samples in its update (Dyna; None without)
     model_share: list[float] | None = None
+    # per inner step k, the mean length of its ended imagined paths (Dyna; None without)
+    imagined_path_length: list[float | None] | None = None
     # per collection k, the stacked per-task parameters after k steps (not written out)
     policies: list[Params] | None = field(default=None, repr=False, compare=False)
 
@@ -86,6 +89,7 @@ class AdaptationReport:
             "rejected": self.rejected,
             "extra_steps": self.extra_steps,
             "model_share": self.model_share,
+            "imagined_path_length": self.imagined_path_length,
             "summary": self.summary(),
         }
 
@@ -234,6 +238,12 @@ def evaluate_adaptation(
         rejected=rejected if result.checks else None,
         extra_steps=sum(c.extra_steps for c in result.checks),
         model_share=[float(i.get("model_share", 0.0)) for i in result.infos[:inner_steps]]
+        if dyna is not None
+        else None,
+        imagined_path_length=[  # None where no imagined path ended within the batch
+            float(n) if math.isfinite(n := i.get("imagined_mean_path_length", math.nan)) else None
+            for i in result.infos[:inner_steps]
+        ]
         if dyna is not None
         else None,
         policies=[{k: v.detach() for k, v in p.items()} for p in result.policies],

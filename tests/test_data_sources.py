@@ -137,12 +137,12 @@ def test_learned_model_is_unused_until_fitted_then_limit_is_calibrated() -> None
     assert errors["model_err/one_step/pos_rmse"] < errors["model_err/h10/pos_rmse"]
 
 
-def test_dyna_needs_the_torch_point_backend() -> None:
+def test_dyna_needs_the_point_robot() -> None:
     from omegaconf import OmegaConf
 
     dyna = OmegaConf.create({"name": "known", "learned": False, "model": {"_target_": "x"}})
     env = OmegaConf.create({"backend": "mujoco", "robot": "car"})
-    with pytest.raises(ValueError, match="env.backend='torch'"):
+    with pytest.raises(ValueError, match="env.robot='car'.*valid robots are \\['point'\\]"):
         build_dyna(dyna, env)
     assert build_dyna(OmegaConf.create({"name": "none"}), env) == (None, None)
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import torch
-from tiny import SMALL_ENSEMBLE, TINY, read_metrics, run_module, tiny_cfg
+from tiny import SMALL_ENSEMBLE, SMALL_MODEL, TINY, read_metrics, run_module, tiny_cfg
 
 from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.trainer import train
@@ -61,6 +61,7 @@ def test_torch_trained_dyna_checkpoint_adapts_on_mujoco(tmp_path: Path) -> None:
     assert "mujoco backend" in result.stdout and "dyna=ensemble" in result.stdout
     report = json.loads((run_dir / "evaluation_mujoco.json").read_text())
     assert report["model_share"] and min(report["model_share"]) > 0
+    assert len(report["imagined_path_length"]) == 1  # one entry per inner step
     # the real steps per update are Dyna's small real batch, not evaluation.envs_per_task's
     assert report["env_steps_per_step"] == 1 * 40
 
@@ -68,14 +69,14 @@ def test_torch_trained_dyna_checkpoint_adapts_on_mujoco(tmp_path: Path) -> None:
 def test_dyna_kept_to_adaptation_meta_trains_on_real_data_and_adapts_with_the_model(
     tmp_path: Path,
 ) -> None:
-    """``dyna.imagined_in_meta_training=false``: meta-training's inner batches are the
+    """``dyna.imagined_in_meta_training=false`` (the default): meta-training's inner batches are the
     real ``meta.envs_per_task`` envs (no imagined samples), the model still learns from
     them, and adaptation then mixes in imagined data."""
     from meta_safe.checkpoint import load
     from meta_safe.evaluation import evaluate_meta_state
     from meta_safe.trainer import MetaTrainer
 
-    cfg = tiny_cfg(*SMALL_ENSEMBLE, "dyna.imagined_in_meta_training=false", "meta.iterations=3")
+    cfg = tiny_cfg(*SMALL_MODEL, "meta.iterations=3")  # the default: false
     train(cfg, tmp_path)
     rows = read_metrics(tmp_path)
     assert all(float(r.get("model_share") or 0) == 0 for r in rows)

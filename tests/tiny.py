@@ -23,7 +23,7 @@ TINY = [
     "evaluation.steps_per_env=40",
 ]
 
-SMALL_ENSEMBLE = [
+SMALL_MODEL = [
     "dyna=ensemble",
     "dyna.model.members=3",
     "dyna.model.elites=2",
@@ -32,6 +32,9 @@ SMALL_ENSEMBLE = [
     "dyna.model_envs_per_task=2",
     "dyna.model_steps=10",
 ]
+
+# A small ensemble whose imagined data also enters meta-training's inner updates.
+SMALL_ENSEMBLE = [*SMALL_MODEL, "dyna.imagined_in_meta_training=true"]
 
 
 def compose_cfg(*overrides: str) -> DictConfig:

@@ -25,9 +25,9 @@ class DynaSettings:
     branch_from: str = "episode_starts"
     start_pool_size: int = 4096
     # False: meta-training's inner updates use real data only (meta.envs_per_task envs,
-    # as dyna=none), the model still learns from every real batch, and only adaptation
-    # (evaluation) mixes in imagined data
-    imagined_in_meta_training: bool = True
+    # as dyna=none) while the model learns from every real batch, and only adaptation
+    # mixes in imagined data; True: meta-training's inner updates are Dyna's too
+    imagined_in_meta_training: bool = False
 
     def __post_init__(self) -> None:
         if self.branch_from not in BRANCH_FROM:
