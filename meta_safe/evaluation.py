@@ -237,17 +237,19 @@ def evaluate_adaptation(
         tasks, returns, costs, env_cfg.cost_limit, result.batches[0].num_steps // len(tasks),
         rejected=rejected if result.checks else None,
         extra_steps=sum(c.extra_steps for c in result.checks),
-        model_share=[float(i.get("model_share", 0.0)) for i in result.infos[:inner_steps]]
-        if dyna is not None
-        else None,
-        imagined_path_length=[  # None where no imagined path ended within the batch
-            float(n) if math.isfinite(n := i.get("imagined_mean_path_length", math.nan)) else None
-            for i in result.infos[:inner_steps]
-        ]
-        if dyna is not None
-        else None,
+        **(dyna_statistics(result.infos[:inner_steps]) if dyna is not None else {}),
         policies=[{k: v.detach() for k, v in p.items()} for p in result.policies],
     )  # fmt: skip
+
+
+def dyna_statistics(infos: list[dict[str, float]]) -> dict[str, list[Any]]:
+    """Per inner step, the model share and the mean length of the imagined paths that
+    ended within its batch (``None`` where none did), from the data source's ``infos``."""
+    lengths = [i.get("imagined_mean_path_length", math.nan) for i in infos]
+    return {
+        "model_share": [float(i.get("model_share", 0.0)) for i in infos],
+        "imagined_path_length": [float(n) if math.isfinite(n) else None for n in lengths],
+    }
 
 
 def evaluation_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:

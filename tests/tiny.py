@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO_ROOT
 from omegaconf import DictConfig
 
 from meta_safe.config import compose_config
@@ -55,7 +56,7 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
     """``python -m module args`` from the repository root, output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -146,11 +146,11 @@ class MujocoBatchedEnv:
                 o, r, c, term, trunc, _ = env.step_with_cost(actions[t, e])
                 final[t, e], reward[t, e], cost[t, e] = o, r, c
                 terminated[t, e], truncated[t, e] = term, trunc
+                ended = term or trunc
                 if track:
                     final_states[t, e] = planar_state_of(env.model, env.data)
-                obs[t, e] = env.reset()[0] if (term or trunc) else o
+                obs[t, e] = env.reset()[0] if ended else o
                 if track:
-                    ended = term or trunc
                     states[t, e] = (
                         planar_state_of(env.model, env.data) if ended else final_states[t, e]
                     )
