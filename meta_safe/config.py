@@ -153,6 +153,7 @@ class EvaluationConfig:
     policy: str = "auto"  # auto | sample (adaptation's batches) | fresh | mean (extra episodes)
     cost_discount: float = 1.0  # reported episode cost sum_t gamma^t c_t (reference: 0.99)
     step_check_tries: int | None = None  # the adaptation's step check; null: meta.step_check_tries
+    inner_cost_margin: float | None = None  # adaptation aims at J_C <= d - margin; null: meta's
 
 
 @dataclass
@@ -393,6 +394,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     if tries is not None and tries < 0:
         raise ConfigError(
             f"evaluation.step_check_tries={tries!r} is invalid: must be >= 0 (or null)"
+        )
+    margin = merged.evaluation.inner_cost_margin
+    if margin is not None and not margin >= 0:
+        raise ConfigError(
+            f"evaluation.inner_cost_margin={margin!r} is invalid: must be >= 0 (or null)"
         )
     for key in ("meta.outer_line_search_shrink", "meta.step_check_shrink"):
         shrink = OmegaConf.select(merged, key)

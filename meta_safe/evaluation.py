@@ -29,7 +29,7 @@ from meta_safe.device import on_device, seeded_generator
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
 from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.errors import ConfigError
-from meta_safe.maml import MetaSetup, MetaState, step_check_of
+from meta_safe.maml import MetaSetup, MetaState, inner_cost_margin_of, step_check_of
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import Batch, collect, discounted_episode_cost
@@ -311,5 +311,5 @@ def evaluate_meta_state(
             measure=ev.policy,
             cost_discount=ev.cost_discount,
             step_check=step_check_of(cfg, evaluation=True),
-            inner_cost_margin=cfg.meta.inner_cost_margin,
+            inner_cost_margin=inner_cost_margin_of(cfg, evaluation=True),
         )

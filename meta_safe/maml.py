@@ -161,6 +161,14 @@ def step_check_of(cfg: DictConfig, evaluation: bool = False) -> StepCheck | None
     return StepCheck(tries, meta.step_check_shrink, cfg.env.cost_limit, meta.step_check_margin)
 
 
+def inner_cost_margin_of(cfg: DictConfig, evaluation: bool = False) -> float:
+    """The inner rule's margin below the limit: ``meta.inner_cost_margin`` in
+    meta-training; in evaluation ``evaluation.inner_cost_margin`` where set, else the same."""
+    if evaluation and cfg.evaluation.get("inner_cost_margin") is not None:
+        return float(cfg.evaluation.inner_cost_margin)
+    return float(cfg.meta.inner_cost_margin)
+
+
 def learned_rule_step(
     meta_optimizer: MetaOptimizer,
     outer_adam: torch.optim.Adam,

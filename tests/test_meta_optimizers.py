@@ -477,3 +477,21 @@ def test_overshoot_margin_learns_from_a_cost_rise_the_linear_model_missed() -> N
     )
     with pytest.raises(ValueError, match="overshoot_decay=1.0 is invalid"):
         CPOLayer(overshoot_margin=True, overshoot_decay=1.0)
+
+
+def test_overshoot_hold_keeps_the_largest_recent_miss() -> None:
+    """``hold``: ``o_k = max(decay o_{k-1}, miss_k)``, against the moving average
+    ``decay o_{k-1} + (1 - decay) miss_k``, on explicitly computed misses."""
+    from meta_safe.meta_optimizers import overshoot_margin as overshoot
+
+    state = overshoot.initial_state(2, prior=1.0)
+    state["previous_cost"] = torch.tensor([4.0, 20.0], dtype=torch.float64)
+    state["predicted_change"] = torch.tensor([2.0, 1.0], dtype=torch.float64)
+    cost = torch.tensor([104.0, 15.0])  # misses: 104 - 4 - 2 = 98 and max(0, -6) = 0
+    held = overshoot.update_overshoot(state, cost, decay=0.8, hold=True)
+    averaged = overshoot.update_overshoot(state, cost, decay=0.8)
+    torch.testing.assert_close(held, torch.tensor([98.0, 0.8], dtype=torch.float64))
+    torch.testing.assert_close(averaged, torch.tensor([0.8 + 0.2 * 98.0, 0.8], dtype=torch.float64))
+    state.update(overshoot=held, previous_cost=cost.double(), predicted_change=torch.zeros(2))
+    again = overshoot.update_overshoot(state, torch.tensor([100.0, 15.0]), decay=0.8, hold=True)
+    torch.testing.assert_close(again, torch.tensor([0.8 * 98.0, 0.64], dtype=torch.float64))

@@ -96,3 +96,39 @@ def test_inner_rules_aim_below_the_limit_by_the_inner_margin(monkeypatch) -> Non
     report = evaluate_meta_state(setup, state, cfg)
     assert seen == [7.0, 7.0]
     assert report.cost_limit == 10.0
+
+
+def test_evaluation_inner_margin_overrides_the_trained_one(monkeypatch) -> None:
+    """``evaluation.inner_cost_margin``: adaptation alone aims at ``d - margin``; meta-
+    training keeps ``meta.inner_cost_margin``; ``null`` falls back to it; a negative
+    margin is a one-line error naming the key."""
+    import pytest
+
+    import meta_safe.evaluation as evaluation
+    import meta_safe.maml as maml
+    from meta_safe import evaluate_meta_state, init_meta
+    from meta_safe.config import validate
+    from meta_safe.errors import ConfigError
+    from tests.tiny import tiny_cfg
+
+    seen = []
+
+    def spy(adapt):
+        def wrapped(*args, **kwargs):
+            seen.append(args[7].cost_limit)
+            return adapt(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(maml, "adapt", spy(maml.adapt))
+    monkeypatch.setattr(evaluation, "adapt", spy(evaluation.adapt))
+    small = ("env.cost_limit=10", "evaluation.tasks=2", "evaluation.inner_steps=1",
+             "evaluation.envs_per_task=2", "evaluation.steps_per_env=40")  # fmt: skip
+    cfg = tiny_cfg("meta.inner_cost_margin=1", "evaluation.inner_cost_margin=4", *small)
+    setup, state = init_meta(cfg)
+    maml.meta_step(setup, state)
+    evaluate_meta_state(setup, state, cfg)
+    evaluate_meta_state(setup, state, tiny_cfg("meta.inner_cost_margin=1", *small))
+    assert seen == [9.0, 6.0, 9.0]
+    with pytest.raises(ConfigError, match=r"evaluation.inner_cost_margin=-1.0 is invalid"):
+        validate(tiny_cfg("evaluation.inner_cost_margin=-1"))

@@ -11,6 +11,8 @@ before and after each inner step. Overrides:
   measured after each step (the reference protocol: ``mean`` and ``0.99``);
 * ``evaluation.step_check_tries=N``, ``meta.step_check_margin=M``: the measured step
   check of adaptation (default: as meta-trained);
+* ``evaluation.inner_cost_margin=M``: adaptation aims at ``J_C <= d - M`` (default: as
+  meta-trained);
 * ``out=<dir>``: where to write ``evaluation.{json,csv,png}`` (default: the run directory).
 """
 
@@ -68,6 +70,7 @@ keys:
                                  what is measured after each step
   evaluation.step_check_tries=N, meta.step_check_shrink, meta.step_check_margin
                                  the measured step check of adaptation
+  evaluation.inner_cost_margin=M adaptation aims at cost <= limit - M (default: as trained)
   dyna.real_envs_per_task=E, dyna.model_envs_per_task=M
                                  a Dyna checkpoint's real and imagined envs per update
   runtime.*                      device (cpu, cuda, cuda:N), threads, progress

@@ -39,6 +39,8 @@ class CPOLayer(MetaOptimizer):
     :param overshoot_decay: weight of the previous overshoot estimate, in ``[0, 1)``.
     :param overshoot_prior: the overshoot assumed before any was measured (cost units,
         ``>= 0``): the first step's margin, so a fresh adaptation starts conservative.
+    :param overshoot_hold: the margin holds the largest recent overshoot,
+        ``max(decay * previous, new)``, instead of a moving average.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class CPOLayer(MetaOptimizer):
         overshoot_margin: bool = False,
         overshoot_decay: float = 0.8,
         overshoot_prior: float = 0.0,
+        overshoot_hold: bool = False,
     ) -> None:
         super().__init__()
         self.trust_region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
@@ -61,7 +64,7 @@ class CPOLayer(MetaOptimizer):
         if not overshoot_prior >= 0.0:
             raise ValueError(f"overshoot_prior={overshoot_prior} is invalid: must be >= 0")
         self.overshoot_margin, self.overshoot_decay = bool(overshoot_margin), overshoot_decay
-        self.overshoot_prior = float(overshoot_prior)
+        self.overshoot_prior, self.overshoot_hold = float(overshoot_prior), bool(overshoot_hold)
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
         if line_search_steps < 0:
@@ -96,7 +99,7 @@ class CPOLayer(MetaOptimizer):
         if self.overshoot_margin:
             episode_costs = torch.stack([d.episode_cost.detach() for d in data])
             expected_overshoot = overshoot.update_overshoot(
-                state, episode_costs, self.overshoot_decay
+                state, episode_costs, self.overshoot_decay, self.overshoot_hold
             )
             margin = margin + expected_overshoot.to(margin.dtype)
         steps, info = cpo_step(

@@ -15,6 +15,10 @@ the positive part (the overshoot). The next step's constraint is tightened by it
     o_k = decay * o_{k-1} + (1 - decay) * max(0, (J_C,k - J_C,k-1) - b_{k-1}^T x_{k-1})
     c_k = J_C,k - d + o_k
 
+or, holding the largest recent overshoot (``hold``), ``o_k = max(decay * o_{k-1}, miss_k)``
+with ``miss_k`` the positive part above: one large miss keeps the margin large for
+several steps instead of entering it at a weight of ``1 - decay``.
+
 Noise in the batch cost estimate also shows up as overshoot, so the estimate grows
 with estimation noise too, which errs on the safe side. Episode costs are data
 (detached, like ``c``); the prediction ``b^T x`` keeps its autograd history, so an
@@ -42,19 +46,27 @@ def initial_state(num_tasks: int, prior: float = 0.0) -> State:
     }
 
 
-def update_overshoot(state: State, episode_cost: Tensor, decay: float) -> Tensor:
+def update_overshoot(
+    state: State, episode_cost: Tensor, decay: float, hold: bool = False
+) -> Tensor:
     """The overshoot estimate for this step, from the cost change since the previous step.
 
     :param state: from :func:`initial_state` or the previous step.
     :param episode_cost: ``[T]`` mean episode cost of the current batch.
     :param decay: weight of the previous estimate in ``[0, 1)``.
+    :param hold: keep the larger of the decayed estimate and the new miss instead of
+        averaging them.
     :return: ``overshoot [T]`` float64 (``>= 0``); tasks without a previous step keep theirs.
     """
     cost = episode_cost.detach().to(torch.float64)
     realised = cost - state["previous_cost"]
     overshoot = (realised - state["predicted_change"]).clamp_min(0.0)
     has_history = torch.isfinite(realised)
-    blended = decay * state["overshoot"] + (1.0 - decay) * torch.where(has_history, overshoot, 0.0)
+    miss = torch.where(has_history, overshoot, 0.0)
+    if hold:
+        blended = torch.maximum(decay * state["overshoot"], miss)
+    else:
+        blended = decay * state["overshoot"] + (1.0 - decay) * miss
     return torch.where(has_history, blended, state["overshoot"])
 
 
