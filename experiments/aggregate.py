@@ -57,10 +57,46 @@ def summarise(reports: list[dict[str, Any]]) -> dict[str, Any]:
         result[key] = [m for m, _ in per_step]
         result[key + "_se"] = [s for _, s in per_step]
     result["wall_clock"] = mean_se([r["wall_clock"] for r in reports if "wall_clock" in r])[0]
+    result.update(step_check_summary(reports, steps, result["within_limit"]))
     result["env_steps_per_step"] = reports[0].get("env_steps_per_step", math.nan)
     result["cost_limit"] = reports[0]["cost_limit"]
     result["tasks"] = len(reports[0]["tasks"])
     return result
+
+
+def step_check_summary(
+    reports: list[dict[str, Any]], steps: int, within_limit: list[float]
+) -> dict[str, Any]:
+    """Rejected candidates of a step check per task over the adaptation, their extra real
+    steps per task, and the share within the limit per step when each rejected candidate
+    counts as a violation of its task at that step (it was rejected because its batch was
+    above the limit). Reports without a step check give zeros and ``within_limit``."""
+    checked = [r for r in reports if any(any(task) for task in r.get("rejected") or [])]
+    if not checked:
+        return {
+            "rejected_per_task": 0.0,
+            "extra_steps_per_task": 0.0,
+            "within_limit_counting_rejected": within_limit,
+        }
+    tries = [r.get("rejected") or [[0] * steps for _ in r["tasks"]] for r in reports]
+    return {
+        "rejected_per_task": statistics.fmean(
+            statistics.fmean(sum(task) for task in seed) for seed in tries
+        ),
+        "extra_steps_per_task": statistics.fmean(
+            r.get("extra_steps", 0) / len(r["tasks"]) for r in reports
+        ),
+        "within_limit_counting_rejected": [
+            statistics.fmean(
+                statistics.fmean(
+                    float(costs[k] <= r["cost_limit"] and task[k] == 0)
+                    for costs, task in zip(r["costs"], seed, strict=True)
+                )
+                for r, seed in zip(reports, tries, strict=True)
+            )
+            for k in range(steps)
+        ],
+    }
 
 
 def clock_text(seconds: float) -> str:
@@ -90,6 +126,20 @@ def table(summaries: dict[str, dict[str, Any]], stem: str = "evaluation") -> str
         f"{any_s['cost_limit']:g}. Mean ± standard error across seeds of each seed's mean "
         "over tasks.",
     ]
+    checked = {n: s for n, s in summaries.items() if s.get("rejected_per_task", 0) > 0}
+    if checked:
+        parts = [
+            f"{name} {s['rejected_per_task']:.2f} per task ({s['extra_steps_per_task']:,.0f} "
+            "extra real steps), within the limit counting them "
+            + " / ".join(f"{100 * v:.0f}" for v in s["within_limit_counting_rejected"])
+            + "%"
+            for name, s in checked.items()
+        ]
+        lines += [
+            "",
+            "Step check: rejected candidates over the K steps, each a batch above the limit "
+            "that ran in the environment and is not in the cost columns; " + "; ".join(parts) + ".",
+        ]
     return "\n".join(lines)
 
 

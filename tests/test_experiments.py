@@ -224,3 +224,29 @@ def test_a_grid_on_a_two_node_ray_cluster_delivers_every_result_to_the_driver(
     assert second.returncode == 1
     assert second.stdout.count(": already done") == 2
     assert second.stdout.count("retrying (1 tries left)") == 2
+
+
+def test_aggregate_counts_a_step_checks_rejected_candidates_as_violations(tmp_path: Path) -> None:
+    """Two seeds, two tasks, one inner step: the rejected candidates per task, their extra
+    steps, and the share within the limit when a rejected try counts as a violation."""
+    for seed, (costs, rejected, extra) in enumerate(
+        [
+            ([[0.0, 4.0], [2.0, 8.0]], [[0, 1], [0, 0]], 4000),  # k=1: task 0 had a try
+            ([[0.0, 12.0], [1.0, 3.0]], [[0, 2], [0, 1]], 12000),
+        ]
+    ):
+        path = tmp_path / "a" / f"seed{seed}" / "evaluation.json"
+        write_report(path, [1.0, 2.0], [sum(c[k] for c in costs) / 2 for k in range(2)])
+        report = json.loads(path.read_text())
+        within = [sum(c[k] <= 10 for c in costs) / 2 for k in range(2)]
+        report.update(costs=costs, rejected=rejected, extra_steps=extra)
+        report["summary"]["within_limit"] = within
+        path.write_text(json.dumps(report))
+    text = aggregate(tmp_path, "evaluation")
+    summary = json.loads((tmp_path / "evaluation_summary.json").read_text())["a"]
+    assert summary["rejected_per_task"] == pytest.approx((0.5 + 1.5) / 2)
+    assert summary["extra_steps_per_task"] == pytest.approx((2000 + 6000) / 2)
+    # k=1: seed 0 keeps task 1 only (task 0 had a try), seed 1 none (task 0 costs 12)
+    assert summary["within_limit_counting_rejected"] == pytest.approx([1.0, 0.25])
+    assert summary["within_limit"] == pytest.approx([1.0, 0.75])
+    assert "within the limit counting them 100 / 25%" in text
