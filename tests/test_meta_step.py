@@ -69,15 +69,13 @@ def test_constrained_rules_take_the_cpo_outer_step() -> None:
         assert setup.cfg.meta.outer_step == "cpo", rule
 
 
-def test_inner_rules_aim_below_the_limit_by_the_inner_margin(monkeypatch) -> None:
-    """``meta.inner_cost_margin``: the inner rule's context carries ``d - margin`` in
-    meta-training and in evaluation, while evaluation still judges costs against ``d``."""
+def record_inner_cost_limits(monkeypatch) -> list[float]:
+    """The cost limit of the inner context of every adaptation that meta-training and
+    evaluation run from now on, in call order."""
     import meta_safe.evaluation as evaluation
     import meta_safe.maml as maml
-    from meta_safe import evaluate_meta_state, init_meta
-    from tests.tiny import tiny_cfg
 
-    seen = []
+    seen: list[float] = []
 
     def spy(adapt):
         def wrapped(*args, **kwargs):
@@ -88,6 +86,17 @@ def test_inner_rules_aim_below_the_limit_by_the_inner_margin(monkeypatch) -> Non
 
     monkeypatch.setattr(maml, "adapt", spy(maml.adapt))
     monkeypatch.setattr(evaluation, "adapt", spy(evaluation.adapt))
+    return seen
+
+
+def test_inner_rules_aim_below_the_limit_by_the_inner_margin(monkeypatch) -> None:
+    """``meta.inner_cost_margin``: the inner rule's context carries ``d - margin`` in
+    meta-training and in evaluation, while evaluation still judges costs against ``d``."""
+    import meta_safe.maml as maml
+    from meta_safe import evaluate_meta_state, init_meta
+    from tests.tiny import tiny_cfg
+
+    seen = record_inner_cost_limits(monkeypatch)
     cfg = tiny_cfg("meta.inner_cost_margin=3", "env.cost_limit=10", "evaluation.tasks=2",
                    "evaluation.inner_steps=1", "evaluation.envs_per_task=2",
                    "evaluation.steps_per_env=40")  # fmt: skip
@@ -104,24 +113,13 @@ def test_evaluation_inner_margin_overrides_the_trained_one(monkeypatch) -> None:
     margin is a one-line error naming the key."""
     import pytest
 
-    import meta_safe.evaluation as evaluation
     import meta_safe.maml as maml
     from meta_safe import evaluate_meta_state, init_meta
     from meta_safe.config import validate
     from meta_safe.errors import ConfigError
     from tests.tiny import tiny_cfg
 
-    seen = []
-
-    def spy(adapt):
-        def wrapped(*args, **kwargs):
-            seen.append(args[7].cost_limit)
-            return adapt(*args, **kwargs)
-
-        return wrapped
-
-    monkeypatch.setattr(maml, "adapt", spy(maml.adapt))
-    monkeypatch.setattr(evaluation, "adapt", spy(evaluation.adapt))
+    seen = record_inner_cost_limits(monkeypatch)
     small = ("env.cost_limit=10", "evaluation.tasks=2", "evaluation.inner_steps=1",
              "evaluation.envs_per_task=2", "evaluation.steps_per_env=40")  # fmt: skip
     cfg = tiny_cfg("meta.inner_cost_margin=1", "evaluation.inner_cost_margin=4", *small)
