@@ -8,6 +8,8 @@ writes ``<dir>/<stem>_table.md``, ``<stem>_curves.png`` (adaptation curves) and
     .venv/bin/python experiments/aggregate.py runs/compare                # evaluation.json
     .venv/bin/python experiments/aggregate.py runs/compare --stem evaluation_mujoco
     .venv/bin/python experiments/aggregate.py --all runs      # every directory and report
+    .venv/bin/python experiments/aggregate.py runs/compare --order \
+        "cpo_layer,cpo_layer + margin=cpo_layer@evaluation_margin"   # two reports, one table
 
 Each seed contributes its mean over held-out tasks; the table gives the mean and
 standard error of those per-seed means (so the error bars are across seeds).
@@ -187,14 +189,24 @@ def plot(summaries: dict[str, dict[str, Any]], out: Path, stem: str) -> list[Pat
     return [curves, scatter]
 
 
+def row_source(name: str, stem: str) -> tuple[str, str, str]:
+    """``(label, variant, stem)`` of one ``--order`` entry: ``VARIANT``, or
+    ``[LABEL=]VARIANT@STEM`` for another report of a variant's runs (e.g. the same
+    checkpoints adapted with other settings) as a row of this table."""
+    label, _, source = name.rpartition("=") if "@" in name else ("", "", name)
+    variant, _, other = source.partition("@")
+    return label or name, variant, other or stem
+
+
 def aggregate(root: Path, stem: str, order: list[str] | None = None) -> str:
     """Write the table, summary and figures of one ``stem`` under ``root``; returns the table."""
     names = order or sorted(p.name for p in root.iterdir() if p.is_dir())
     summaries = {}
     for name in names:
-        reports = load_variant(root / name, stem) if (root / name).is_dir() else []
+        label, variant, variant_stem = row_source(name, stem)
+        reports = load_variant(root / variant, variant_stem) if (root / variant).is_dir() else []
         if reports:
-            summaries[name] = summarise(reports)
+            summaries[label] = summarise(reports)
     if not summaries:
         raise SystemExit(f"no {stem}.json under {root}/<variant>/seed*/")
     text = table(summaries, stem)
@@ -218,7 +230,11 @@ def main() -> None:
         help="output directory of run_variants.py (with --all: a directory of them, e.g. runs)",
     )
     parser.add_argument("--stem", default="evaluation", help="report name: evaluation[_<name>]")
-    parser.add_argument("--order", help="comma-separated variant order (default: sorted)")
+    parser.add_argument(
+        "--order",
+        help="comma-separated variant order (default: sorted); an entry [LABEL=]VARIANT@STEM "
+        "adds that variant's STEM reports as a row",
+    )
     parser.add_argument(
         "--all", action="store_true", help="every results directory and report name under it"
     )

@@ -154,6 +154,22 @@ class EvaluationConfig:
     cost_discount: float = 1.0  # reported episode cost sum_t gamma^t c_t (reference: 0.99)
     step_check_tries: int | None = None  # the adaptation's step check; null: meta.step_check_tries
     inner_cost_margin: float | None = None  # adaptation aims at J_C <= d - margin; null: meta's
+    # cpo_layer's step settings at adaptation (keys of ADAPTATION_RULE_KEYS); {}: as trained
+    inner_rule: dict[str, Any] = field(default_factory=dict)
+
+
+#: Settings of a rule without learned state that adaptation may change
+#: (``evaluation.inner_rule.<key>``), and the rules that have none.
+ADAPTATION_RULE_KEYS = (
+    "line_search_steps",
+    "shrink",
+    "overshoot_margin",
+    "overshoot_decay",
+    "overshoot_prior",
+    "overshoot_hold",
+    "overshoot_model",
+)
+ADAPTABLE_RULES = ("cpo_layer",)
 
 
 @dataclass
@@ -348,8 +364,9 @@ def _check_finite(node: Any, prefix: str = "") -> None:
             raise ConfigError(f"{name}={value} is invalid: must be a finite number")
 
 
-FREE_FORM = ("meta_optimizer", "dyna")
-"""Sections whose keys are checked by the class their ``_target_`` names."""
+FREE_FORM = ("meta_optimizer", "dyna", "evaluation.inner_rule")
+"""Sections whose keys are checked by the class their ``_target_`` names (the inner rule's
+adaptation settings: by :func:`_check_inner_rule`)."""
 
 
 def _check_known_keys(node: dict, schema: dict, prefix: str = "") -> None:
@@ -400,6 +417,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"evaluation.inner_cost_margin={margin!r} is invalid: must be >= 0 (or null)"
         )
+    _check_inner_rule(merged)
     for key in ("meta.outer_line_search_shrink", "meta.step_check_shrink"):
         shrink = OmegaConf.select(merged, key)
         if not 0 < shrink < 1:
@@ -496,6 +514,30 @@ def _check_task_ranges(env: DictConfig) -> None:
             raise ConfigError(f"env.{split}.{error}") from error
 
 
+def _check_inner_rule(cfg: DictConfig) -> None:
+    """``evaluation.inner_rule`` names settings of a rule without learned state."""
+    overrides = cfg.evaluation.inner_rule
+    if not overrides:
+        return
+    key = next(iter(overrides))
+    if cfg.meta_optimizer.name not in ADAPTABLE_RULES:
+        raise ConfigError(
+            f"evaluation.inner_rule.{key} applies to {' or '.join(ADAPTABLE_RULES)}: this "
+            f"run's rule is {cfg.meta_optimizer.name}, whose inner step is meta-learned"
+        )
+    unknown = [k for k in overrides if k not in ADAPTATION_RULE_KEYS]
+    if unknown:
+        raise ConfigError(
+            f"evaluation.inner_rule.{unknown[0]} cannot be set at adaptation: valid keys are "
+            f"{', '.join(ADAPTATION_RULE_KEYS)}"
+        )
+
+
+def adaptation_rule_config(cfg: DictConfig) -> DictConfig:
+    """``meta_optimizer`` with ``evaluation.inner_rule`` applied: the rule adaptation uses."""
+    return OmegaConf.merge(cfg.meta_optimizer, cfg.evaluation.get("inner_rule") or {})
+
+
 def _check_components(cfg: DictConfig) -> None:
     """The chosen meta-optimizer and Dyna settings build (their constructors check their
     arguments), and Dyna fits the backend."""
@@ -506,6 +548,7 @@ def _check_components(cfg: DictConfig) -> None:
 
     builds = {
         "meta_optimizer": lambda: build_meta_optimizer(cfg.meta_optimizer),
+        "evaluation.inner_rule": lambda: build_meta_optimizer(adaptation_rule_config(cfg)),
         "dyna": lambda: build_dyna(cfg.dyna, cfg.env),
     }
     for section, build in builds.items():
@@ -518,7 +561,7 @@ def _check_components(cfg: DictConfig) -> None:
             message = " ".join(str(cause).split())
             name = message.split("=", 1)[0]
             if "=" in message and name.isidentifier() and name != section:
-                key = _key_of(cfg[section], name, section) or f"{section}.{name}"
+                key = _key_of(OmegaConf.select(cfg, section), name, section) or f"{section}.{name}"
                 message = key + message[len(name) :]
             raise ConfigError(message) from error
 

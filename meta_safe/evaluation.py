@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from meta_safe.adaptation import adapt
-from meta_safe.config import EVALUATION_POLICIES
+from meta_safe.config import EVALUATION_POLICIES, adaptation_rule_config
 from meta_safe.data_source import InnerDataSource, RealRollouts
 from meta_safe.device import on_device, seeded_generator
 from meta_safe.dyna import DynaRollouts, DynaSettings, DynaState
@@ -288,6 +288,16 @@ def evaluation_tasks(cfg: DictConfig, explicit: Any = None) -> list[CircleTask]:
     return tasks
 
 
+def adaptation_rule(cfg: DictConfig, trained: MetaOptimizer) -> MetaOptimizer:
+    """The inner rule of adaptation: ``trained`` unless ``evaluation.inner_rule`` changes a
+    setting of a rule without learned state (validated by :func:`meta_safe.config.validate`)."""
+    if not cfg.evaluation.get("inner_rule"):
+        return trained
+    from meta_safe.meta_optimizers import build_meta_optimizer
+
+    return build_meta_optimizer(adaptation_rule_config(cfg))
+
+
 def evaluate_meta_state(
     setup: MetaSetup, state: MetaState, cfg: DictConfig, explicit: Any = None
 ) -> AdaptationReport:
@@ -299,7 +309,7 @@ def evaluate_meta_state(
             setup.policy,
             state.meta_params,
             state.normalizer,
-            state.meta_optimizer,
+            adaptation_rule(cfg, state.meta_optimizer),
             cfg.env,
             evaluation_tasks(cfg, explicit),
             ev.inner_steps,

@@ -189,6 +189,11 @@ def test_evaluation_command_bad_checkpoints(trained_run: Path, tmp_path: Path, c
         (["foo"], ["'foo'", "key=value"]),
         (["dyna.real_envs_per_task=2"], ["dyna.real_envs_per_task", "dyna=none"]),
         (["dyna.members=2"], ["dyna.members", "cannot be set here"]),
+        (["meta_optimizer.trust_radius=0.1"], ["meta_optimizer", "cannot be set here"]),
+        (
+            ["evaluation.inner_rule.overshoot_margin=true"],
+            ["evaluation.inner_rule.overshoot_margin", "cpo_layer", "lagrangian"],
+        ),
     ],
 )
 def test_evaluation_command_bad_arguments(trained_run: Path, arguments, named, capsys) -> None:
@@ -332,3 +337,44 @@ def test_an_unreachable_ray_address_is_a_clear_error(tmp_path, capsys, monkeypat
     ]
     status, _, err = run_script("run_variants", argv, capsys, monkeypatch)
     assert_clear_error(status, err, f"--ray 127.0.0.1:{port}: nothing answers there")
+
+
+def test_evaluation_command_sets_a_cpo_layer_checkpoints_inner_step(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``evaluation.inner_rule.<key>`` of a cpo_layer checkpoint changes its inner step at
+    adaptation only; an unknown key or a bad value is a one-line error naming it."""
+    from tiny import tiny_cfg
+
+    from meta_safe.meta_optimizers.cpo_layer import CPOLayer
+    from meta_safe.trainer import train
+
+    train(tiny_cfg("meta_optimizer=cpo_layer", "meta.iterations=1"), tmp_path)
+    seen = []
+    step = CPOLayer.step
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.overshoot_margin, self.overshoot_model))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(CPOLayer, "step", spy)
+    small = ["evaluation.tasks=1", "evaluation.inner_steps=1", "evaluation.envs_per_task=2",
+             "evaluation.steps_per_env=40", f"out={tmp_path / 'eval'}"]  # fmt: skip
+    argv = [f"checkpoint={tmp_path}", *small]
+    status, _, err = run_command(evaluate_cli.main, argv, capsys)
+    assert status == 0, err
+    rule = [
+        "evaluation.inner_rule.overshoot_margin=true",
+        "evaluation.inner_rule.overshoot_model=step_length",
+    ]
+    status, _, err = run_command(evaluate_cli.main, argv + rule, capsys)
+    assert status == 0, err
+    assert seen == [(False, "constant"), (True, "step_length")]
+    status, _, err = run_command(
+        evaluate_cli.main, [*argv, "evaluation.inner_rule.overshoot_model=bogus"], capsys
+    )
+    assert_clear_error(status, err, "evaluation.inner_rule.overshoot_model='bogus'", "step_length")
+    status, _, err = run_command(
+        evaluate_cli.main, [*argv, "evaluation.inner_rule.trust_radius=0.1"], capsys
+    )
+    assert_clear_error(status, err, "evaluation.inner_rule.trust_radius", "overshoot_prior")

@@ -44,6 +44,17 @@ def test_aggregate_gives_mean_and_standard_error_across_seeds(tmp_path: Path) ->
     assert set(summary) == {"a"}
 
 
+def test_aggregate_rows_from_another_report_of_a_variant(tmp_path: Path) -> None:
+    """``LABEL=VARIANT@STEM`` in the order: the same runs' other report as its own row."""
+    write_report(tmp_path / "a" / "seed0" / "evaluation.json", [1.0, 3.0], [0.0, 4.0])
+    write_report(tmp_path / "a" / "seed0" / "evaluation_safe.json", [1.0, 2.0], [0.0, 1.0])
+    text = aggregate(tmp_path, "evaluation", ["a", "a, safer=a@evaluation_safe"])
+    assert "| a | 1 | 1.00 ± 0.00 | 3.00 ± 0.00 | 4.0 ± 0.0 |" in text
+    assert "| a, safer | 1 | 1.00 ± 0.00 | 2.00 ± 0.00 | 1.0 ± 0.0 |" in text
+    summary = json.loads((tmp_path / "evaluation_summary.json").read_text())
+    assert list(summary) == ["a", "a, safer"]
+
+
 def test_variant_parsing_and_errors() -> None:
     assert parse_variant("cpo:meta_optimizer=cpo_layer,env=point_circle") == (
         "cpo",

@@ -50,6 +50,14 @@ RULES: dict[str, Callable[[], MetaOptimizer]] = {
     "cpo_overshoot": lambda: CPOLayer(
         solver="closed_form", cg_iters=5, overshoot_margin=True, overshoot_decay=0.5
     ),
+    "cpo_overshoot_step": lambda: CPOLayer(
+        solver="closed_form",
+        cg_iters=5,
+        overshoot_margin=True,
+        overshoot_decay=0.5,
+        overshoot_prior=0.1,
+        overshoot_model="step_length",
+    ),
     "trpo": lambda: TRPO(cg_iters=5),
     "cppo_em": lambda: CPPOEM(cg_iters=5),
     "lagrangian": lambda: Lagrangian(lr_lambda=0.5, lambda_init=0.1, cg_iters=5),
@@ -305,6 +313,14 @@ EXPECTED_STATE = {
         "predicted_change": (NUM_TASKS,),
         "overshoot": (NUM_TASKS,),
     },
+    "cpo_overshoot_step": {
+        "previous_cost": (NUM_TASKS,),
+        "predicted_change": (NUM_TASKS,),
+        "overshoot": (NUM_TASKS,),
+        "step_length": (NUM_TASKS,),
+        "miss_moment": (NUM_TASKS,),
+        "length_moment": (NUM_TASKS,),
+    },
     "trpo": {},
     "cppo_em": {},
     "lagrangian": {"lambda": (NUM_TASKS,)},
@@ -495,3 +511,69 @@ def test_overshoot_hold_keeps_the_largest_recent_miss() -> None:
     state.update(overshoot=held, previous_cost=cost.double(), predicted_change=torch.zeros(2))
     again = overshoot.update_overshoot(state, torch.tensor([100.0, 15.0]), decay=0.8, hold=True)
     torch.testing.assert_close(again, torch.tensor([0.8 * 98.0, 0.64], dtype=torch.float64))
+
+
+def test_step_length_overshoot_is_a_discounted_least_squares_fit() -> None:
+    """``o = sum w_i miss_i t_i / sum w_i t_i^2``, the prior counting as one full-length
+    step; a task without a previous step keeps its moments."""
+    from meta_safe.meta_optimizers import overshoot_margin as overshoot
+
+    state = overshoot.initial_state(2, prior=2.0, model="step_length")
+    state["previous_cost"] = torch.tensor([10.0, float("nan")], dtype=torch.float64)
+    state["predicted_change"] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    state["step_length"] = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    o, miss_moment, length_moment = overshoot.update_proportional_overshoot(
+        state, torch.tensor([21.0, 3.0]), decay=0.8
+    )
+    # Task 0: miss 21 - 10 - 1 = 10 at length 0.5.
+    expected = (0.8 * 2.0 + 10.0 * 0.5) / (0.8 * 1.0 + 0.25)
+    torch.testing.assert_close(o, torch.tensor([expected, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(miss_moment, torch.tensor([6.6, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(length_moment, torch.tensor([1.05, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="overshoot_model='linear' is unknown"):
+        CPOLayer(overshoot_margin=True, overshoot_model="linear")
+
+
+@pytest.mark.parametrize("overshoot", [0.0, 0.3, 3.0])
+def test_step_length_choice_maximises_the_reward_gain_of_the_feasible_steps(
+    overshoot: float,
+) -> None:
+    """Against the steps themselves: for each fraction ``t`` the CPO step with margin
+    ``c + o t`` and radius ``delta t^2``; the chosen ``t`` is the feasible one whose step
+    has the largest ``g^T x``, and that step meets ``c + o t + b^T x <= 0``."""
+    from meta_safe.meta_optimizers import overshoot_margin as om
+    from meta_safe.optim.cpo_step import CASE_INFEASIBLE, cpo_step
+
+    generator = torch.Generator().manual_seed(3)
+    P, delta = 6, 0.01
+    root = torch.randn(P, P, generator=generator, dtype=DTYPE)
+    fisher = root @ root.T + P * torch.eye(P, dtype=DTYPE)
+    g = torch.randn(3, P, generator=generator, dtype=DTYPE)
+    b = torch.randn(3, P, generator=generator, dtype=DTYPE)
+    hg, hb = torch.linalg.solve(fisher, g.T).T, torch.linalg.solve(fisher, b.T).T
+    c = torch.tensor([-0.3, 0.02, 0.5], dtype=DTYPE)
+    o = torch.full((3,), overshoot, dtype=DTYPE)
+    chosen = om.choose_step_fractions(
+        (g * hg).sum(-1), (g * hb).sum(-1), (b * hb).sum(-1), c, o, delta
+    )
+    gains, feasible = [], []
+    for t in om.STEP_FRACTIONS:
+        step, info = cpo_step(g, b, c + o * t, hg, hb, delta * t**2)
+        gains.append((g * step).sum(-1))
+        feasible.append(info["case"] != CASE_INFEASIBLE)
+    gains, feasible = torch.stack(gains), torch.stack(feasible)  # [F, T]
+    fractions = torch.tensor(om.STEP_FRACTIONS, dtype=DTYPE)
+    for task in range(3):
+        if not bool(feasible[:, task].any()):
+            assert chosen[task] == 1.0  # full-length recovery
+            continue
+        best = torch.where(feasible[:, task], gains[:, task], -torch.inf).argmax()
+        assert chosen[task] == fractions[best]
+        t = float(chosen[task])
+        step, _ = cpo_step(g[task], b[task], c[task] + o[task] * t, hg[task], hb[task],
+                           delta * t**2)  # fmt: skip
+        assert float(c[task] + o[task] * t + b[task] @ step) <= 1e-9
+    if overshoot == 0.0:
+        assert chosen[0] == 1.0  # nothing to fear: the full step
+    if overshoot == 3.0:
+        assert chosen[0] < 1.0  # the full step's overshoot would break the limit

@@ -13,6 +13,8 @@ before and after each inner step. Overrides:
   check of adaptation (default: as meta-trained);
 * ``evaluation.inner_cost_margin=M``: adaptation aims at ``J_C <= d - M`` (default: as
   meta-trained);
+* ``evaluation.inner_rule.<key>=V``: a cpo_layer checkpoint's step settings at adaptation,
+  e.g. ``evaluation.inner_rule.overshoot_model=step_length`` (default: as meta-trained);
 * ``out=<dir>``: where to write ``evaluation.{json,csv,png}`` (default: the run directory).
 """
 
@@ -71,6 +73,8 @@ keys:
   evaluation.step_check_tries=N, meta.step_check_shrink, meta.step_check_margin
                                  the measured step check of adaptation
   evaluation.inner_cost_margin=M adaptation aims at cost <= limit - M (default: as trained)
+  evaluation.inner_rule.KEY=V    cpo_layer's step settings at adaptation (overshoot_margin,
+                                 overshoot_model, overshoot_prior, ..., line_search_steps)
   dyna.real_envs_per_task=E, dyna.model_envs_per_task=M
                                  a Dyna checkpoint's real and imagined envs per update
   runtime.*                      device (cpu, cuda, cuda:N), threads, progress

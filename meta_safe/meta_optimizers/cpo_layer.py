@@ -40,7 +40,12 @@ class CPOLayer(MetaOptimizer):
     :param overshoot_prior: the overshoot assumed before any was measured (cost units,
         ``>= 0``): the first step's margin, so a fresh adaptation starts conservative.
     :param overshoot_hold: the margin holds the largest recent overshoot,
-        ``max(decay * previous, new)``, instead of a moving average.
+        ``max(decay * previous, new)``, instead of a moving average (``constant`` model).
+    :param overshoot_model: ``"constant"`` (the margin is the same for any step) or
+        ``"step_length"``: the overshoot grows with the step's length ``t = sqrt(KL /
+        delta)``, as the distribution-shift term of CPO's bound does; each step picks the
+        length whose constraint ``c + o t + b^T x <= 0`` (trust radius ``delta t^2``)
+        leaves the most reward gain, and ``o`` is refitted to each measured miss.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class CPOLayer(MetaOptimizer):
         overshoot_decay: float = 0.8,
         overshoot_prior: float = 0.0,
         overshoot_hold: bool = False,
+        overshoot_model: str = "constant",
     ) -> None:
         super().__init__()
         self.trust_region = TrustRegion(trust_radius, damping, cg_iters, fisher_stride)
@@ -65,6 +71,12 @@ class CPOLayer(MetaOptimizer):
             raise ValueError(f"overshoot_prior={overshoot_prior} is invalid: must be >= 0")
         self.overshoot_margin, self.overshoot_decay = bool(overshoot_margin), overshoot_decay
         self.overshoot_prior, self.overshoot_hold = float(overshoot_prior), bool(overshoot_hold)
+        if overshoot_model not in overshoot.MODELS:
+            raise ValueError(
+                f"overshoot_model={overshoot_model!r} is unknown: valid choices are "
+                f"{list(overshoot.MODELS)}"
+            )
+        self.overshoot_model = overshoot_model
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is unknown: valid choices are {list(SOLVERS)}")
         if line_search_steps < 0:
@@ -77,7 +89,7 @@ class CPOLayer(MetaOptimizer):
         """The overshoot history (empty without ``overshoot_margin``)."""
         if not self.overshoot_margin:
             return {}
-        return overshoot.initial_state(num_tasks, self.overshoot_prior)
+        return overshoot.initial_state(num_tasks, self.overshoot_prior, self.overshoot_model)
 
     def step(
         self,
@@ -96,24 +108,46 @@ class CPOLayer(MetaOptimizer):
             hgs.append(hg)
             hbs.append(hb)
         margin = constraint_margin(data, ctx.cost_limit).to(gs[0].dtype)
+        delta = self.trust_region.trust_radius
+        fractions = torch.ones(len(params), dtype=gs[0].dtype)
         if self.overshoot_margin:
             episode_costs = torch.stack([d.episode_cost.detach() for d in data])
-            expected_overshoot = overshoot.update_overshoot(
-                state, episode_costs, self.overshoot_decay, self.overshoot_hold
-            )
-            margin = margin + expected_overshoot.to(margin.dtype)
+            if self.overshoot_model == "step_length":
+                expected_overshoot, miss_moment, length_moment = (
+                    overshoot.update_proportional_overshoot(
+                        state, episode_costs, self.overshoot_decay
+                    )
+                )
+                g_t, b_t, hg_t, hb_t = (torch.stack(v).detach() for v in (gs, bs, hgs, hbs))
+                fractions = overshoot.choose_step_fractions(
+                    (g_t * hg_t).sum(-1),
+                    (g_t * hb_t).sum(-1),
+                    (b_t * hb_t).sum(-1),
+                    margin.detach(),
+                    expected_overshoot,
+                    delta,
+                )
+                margin = margin + (expected_overshoot * fractions).to(margin.dtype)
+            else:
+                expected_overshoot = overshoot.update_overshoot(
+                    state, episode_costs, self.overshoot_decay, self.overshoot_hold
+                )
+                margin = margin + expected_overshoot.to(margin.dtype)
+        radii = delta * fractions**2
         steps, info = cpo_step(
             torch.stack(gs),
             torch.stack(bs),
             margin,
             torch.stack(hgs),
             torch.stack(hbs),
-            self.trust_region.trust_radius,
+            radii if self.overshoot_model == "step_length" else delta,
             solver=self.solver,
         )
         scales = [
-            self._backtrack(policy, p, d, s, float(m.detach()), int(case))
-            for p, d, s, m, case in zip(params, data, steps, margin, info["case"], strict=True)
+            self._backtrack(policy, p, d, s, float(m.detach()), int(case), float(radius))
+            for p, d, s, m, case, radius in zip(
+                params, data, steps, margin, info["case"], radii, strict=True
+            )
         ]
         applied = steps * torch.tensor(scales, dtype=steps.dtype).unsqueeze(1)
         new_params = [add_flat(p, s) for p, s in zip(params, applied.unbind(0), strict=True)]
@@ -130,6 +164,15 @@ class CPOLayer(MetaOptimizer):
                 "overshoot": expected_overshoot,
             }
             metrics["overshoot_margin"] = expected_overshoot.detach()
+            if self.overshoot_model == "step_length":
+                # A recovery step follows -H^-1 b, where the linear model holds; only
+                # steps that seek reward carry evidence of the overshoot.
+                seeks_reward = info["case"].detach() != CASE_INFEASIBLE
+                state["step_length"] = torch.where(
+                    seeks_reward, fractions * torch.tensor(scales, dtype=fractions.dtype), 0.0
+                ).double()
+                state["miss_moment"], state["length_moment"] = miss_moment, length_moment
+                metrics["step_fraction"] = fractions.detach()
         return new_params, state, metrics
 
     @torch.no_grad()
@@ -141,6 +184,7 @@ class CPOLayer(MetaOptimizer):
         step: Tensor,
         margin: float,
         case: int,
+        trust_radius: float,
     ) -> float:
         """Largest ``shrink^j`` whose candidate passes the CPO acceptance test (0 if none)."""
         if self.line_search_steps == 0:
@@ -159,6 +203,6 @@ class CPOLayer(MetaOptimizer):
                 # While violating, reward may drop to restore the constraint.
                 improves = margin > 0 or bool(reward >= reward_0)
                 accept = bool(cost - cost_0 <= max(0.0, -margin)) and improves
-            if bool(accept) and float(kl) <= 1.5 * self.trust_region.trust_radius:
+            if bool(accept) and float(kl) <= 1.5 * trust_radius:
                 return scale
         return 0.0
