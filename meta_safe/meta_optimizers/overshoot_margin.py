@@ -42,6 +42,7 @@ __all__ = [
     "MODELS",
     "choose_step_fractions",
     "initial_state",
+    "measured_miss",
     "predicted_change",
     "update_overshoot",
     "update_proportional_overshoot",
@@ -78,6 +79,15 @@ def initial_state(num_tasks: int, prior: float = 0.0, model: str = "constant") -
     return state
 
 
+def measured_miss(state: State, episode_cost: Tensor) -> tuple[Tensor, Tensor]:
+    """The previous step's miss, ``max(0, (J_C,k - J_C,k-1) - b^T x)``, and whether there
+    was a previous step: ``miss [T]`` float64 (0 without one), ``has_history [T]`` bool."""
+    realised = episode_cost.detach().to(torch.float64) - state["previous_cost"]
+    has_history = torch.isfinite(realised)
+    miss = (realised - state["predicted_change"]).clamp_min(0.0)
+    return torch.where(has_history, miss, 0.0), has_history
+
+
 def update_overshoot(
     state: State, episode_cost: Tensor, decay: float, hold: bool = False
 ) -> Tensor:
@@ -90,11 +100,7 @@ def update_overshoot(
         averaging them.
     :return: ``overshoot [T]`` float64 (``>= 0``); tasks without a previous step keep theirs.
     """
-    cost = episode_cost.detach().to(torch.float64)
-    realised = cost - state["previous_cost"]
-    overshoot = (realised - state["predicted_change"]).clamp_min(0.0)
-    has_history = torch.isfinite(realised)
-    miss = torch.where(has_history, overshoot, 0.0)
+    miss, has_history = measured_miss(state, episode_cost)
     if hold:
         blended = torch.maximum(decay * state["overshoot"], miss)
     else:
@@ -122,10 +128,7 @@ def update_proportional_overshoot(
     :return: ``overshoot [T]`` (``o``), ``miss_moment [T]`` and ``length_moment [T]``, float64;
         tasks without a previous step keep theirs.
     """
-    cost = episode_cost.detach().to(torch.float64)
-    realised = cost - state["previous_cost"]
-    has_history = torch.isfinite(realised)
-    miss = torch.where(has_history, (realised - state["predicted_change"]).clamp_min(0.0), 0.0)
+    miss, has_history = measured_miss(state, episode_cost)
     length = state["step_length"]
     miss_moment = torch.where(
         has_history, decay * state["miss_moment"] + miss * length, state["miss_moment"]
