@@ -121,7 +121,10 @@ class AdaptationReport:
         """JSON, per-task CSV and an adaptation-curve plot; returns the paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
         json_path = out_dir / f"{stem}.json"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2))
+        from meta_safe.provenance import environment_record
+
+        record = {**self.to_dict(), "environment": environment_record()}
+        json_path.write_text(json.dumps(record, indent=2))
         csv_path = out_dir / f"{stem}.csv"
         with csv_path.open("w", newline="") as handle:
             writer = csv.writer(handle)

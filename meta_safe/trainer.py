@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from meta_safe.checkpoint import CHECKPOINT_NAME, load, save_atomic
 from meta_safe.device import check_device, on_device, to_device
 from meta_safe.errors import RunDirError
 from meta_safe.maml import MetaSetup, MetaState, init_meta, meta_step
+from meta_safe.provenance import ENVIRONMENT_FILE, describe_differences, record_start
 
 if TYPE_CHECKING:
     from meta_safe.wandb_log import WandbLog
@@ -153,7 +155,15 @@ class MetricsLog:
             self.wandb.close()
 
 
-RUN_FILES = (CHECKPOINT_NAME, METRICS_FILE, "config.yaml", "tensorboard", "wandb_id", "wandb")
+RUN_FILES = (
+    CHECKPOINT_NAME,
+    METRICS_FILE,
+    "config.yaml",
+    ENVIRONMENT_FILE,
+    "tensorboard",
+    "wandb_id",
+    "wandb",
+)
 """What marks a directory as holding a run (a new run refuses it unless told)."""
 
 
@@ -222,6 +232,14 @@ def train(
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    changed = record_start(run_dir, trainer.iteration)
+    if changed:
+        print(
+            f"warning: resuming iteration {trainer.iteration} on another numerical environment "
+            f"({describe_differences(changed)}): the rest of the run will not repeat the "
+            "uninterrupted run bit for bit",
+            file=sys.stderr,
+        )
     wandb = None
     if cfg.logging.wandb:
         from meta_safe.wandb_log import WandbLog

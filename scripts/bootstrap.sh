@@ -16,6 +16,9 @@
 #      gymnasium-robotics 1.2.2 requires mujoco==2.3.3 / numpy<1.24
 #    pygame is only used by safety-gymnasium's keyboard demo, never by us.
 #    stochastic_circle/compat.py patches the two Python 3.11 / numpy 2 bugs.
+#  * constraints.txt pins every installed package to the version the results were
+#    produced with: a training repeats bit for bit only on the same versions (and CPU
+#    kernels), and an unpinned install drifts as packages release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +26,7 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV=.venv
 STAMP="$VENV/.meta_safe-installed"
-WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml constraints.txt scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
     exit 0
@@ -45,8 +48,9 @@ extras = project["optional-dependencies"]
 for req in project["dependencies"] + extras["mujoco"] + extras["dev"] + extras["ray"] + extras["docs"]:
     print(req)
 PY
-"${PIP[@]}" install "torch==2.13.0" -r "$VENV/.meta_safe-requirements.txt"
-"${PIP[@]}" install --no-deps "safety-gymnasium==1.0.0" "gymnasium-robotics==1.2.2"
+# constraints.txt: the exact versions the results were produced with (scripts/lock.sh).
+"${PIP[@]}" install -c constraints.txt "torch==2.13.0" -r "$VENV/.meta_safe-requirements.txt"
+"${PIP[@]}" install -c constraints.txt --no-deps "safety-gymnasium==1.0.0" "gymnasium-robotics==1.2.2"
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
 echo "$WANT" > "$STAMP"
 echo "[bootstrap] done" >&2
