@@ -33,6 +33,27 @@ def test_record_names_kernels_threads_and_versions() -> None:
     assert all(isinstance(v, str) for v in record.values())
 
 
+def test_installed_packages_are_the_locked_versions() -> None:
+    """Every installed package is pinned in constraints.txt at its installed version (a new
+    dependency without `scripts/lock.sh`, or a drifted install, fails here)."""
+    from conftest import REPO_ROOT
+
+    def canonical(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    locked = {}
+    for line in (Path(REPO_ROOT) / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            locked[canonical(name)] = version
+    installed = {
+        canonical(d.metadata["Name"]): d.version.split("+")[0]
+        for d in metadata.distributions()
+        if canonical(d.metadata["Name"]) not in {"pip", "setuptools", "wheel", "meta-safe"}
+    }
+    assert {k: v for k, v in installed.items() if locked.get(k) != v} == {}
+
+
 def test_differences_list_changed_and_missing_keys() -> None:
     recorded = {"cpu_kernels": "AVX512", "numpy": "2.4.6", "scs": "3.3.1"}
     current = {"cpu_kernels": "AVX2", "numpy": "2.4.6", "mujoco": "3.3.0"}
