@@ -2,6 +2,7 @@
 one says so."""
 
 import json
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -46,9 +47,11 @@ def test_installed_packages_are_the_locked_versions() -> None:
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
             locked[canonical(name)] = version
+    # site-packages only: setuptools puts its vendored packages on sys.path when imported
+    site_packages = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     installed = {
         canonical(d.metadata["Name"]): d.version.split("+")[0]
-        for d in metadata.distributions()
+        for d in metadata.distributions(path=site_packages)
         if canonical(d.metadata["Name"]) not in {"pip", "setuptools", "wheel", "meta-safe"}
     }
     assert {k: v for k, v in installed.items() if locked.get(k) != v} == {}
