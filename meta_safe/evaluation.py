@@ -31,6 +31,7 @@ from meta_safe.env_factory import make_batched_env, task_distribution
 from meta_safe.errors import ConfigError
 from meta_safe.maml import MetaSetup, MetaState, inner_cost_margin_of, step_check_of
 from meta_safe.meta_optimizers.base import InnerContext, MetaOptimizer
+from meta_safe.provenance import environment_record
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import Batch, collect, discounted_episode_cost
 from meta_safe.rl.surrogate import AdvantageConfig
@@ -121,8 +122,6 @@ class AdaptationReport:
         """JSON, per-task CSV and an adaptation-curve plot; returns the paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
         json_path = out_dir / f"{stem}.json"
-        from meta_safe.provenance import environment_record
-
         record = {**self.to_dict(), "environment": environment_record()}
         json_path.write_text(json.dumps(record, indent=2))
         csv_path = out_dir / f"{stem}.csv"

@@ -86,16 +86,16 @@ def read_environments(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def record_start(run_dir: Path, from_iteration: int) -> dict[str, tuple[str, str]]:
-    """Append this process's environment to ``run_dir/environment.json``, starting at
-    ``from_iteration``; earlier records after that iteration (an abandoned continuation)
-    are dropped.
+    """Append this process's environment to ``run_dir/environment.json`` as the start at
+    ``from_iteration``. Records of starts at or after that iteration (a continuation whose
+    iterations the checkpoint no longer holds) are dropped.
 
     :returns: how this environment differs from the one that trained up to
         ``from_iteration`` (empty for a new run, or one without a record).
     """
     earlier = [r for r in read_environments(run_dir) if r.get("from_iteration", 0) < from_iteration]
     current = environment_record()
-    differences = {}
+    differences: dict[str, tuple[str, str]] = {}
     if earlier and from_iteration > 0:
         last = {k: v for k, v in earlier[-1].items() if k != "from_iteration"}
         differences = environment_differences(last, current)
