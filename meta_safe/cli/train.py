@@ -83,6 +83,14 @@ def run(cfg: DictConfig, run_dir: str) -> None:
     for index, split in enumerate(splits):
         split_cfg = OmegaConf.merge(cfg, {"evaluation": {"split": split}})
         report = evaluate_meta_state(trainer.setup, trainer.state, split_cfg)
+        dyna = cfg.dyna.name if cfg.dyna is not None else "none"
+        title = (
+            f"{cfg.meta_optimizer.name} on {cfg.evaluation.tasks} {SPLIT_NAMES[split]} "
+            f"({cfg.env.backend} backend, cost limit {cfg.env.cost_limit:g}, dyna={dyna}, "
+            f"{report.env_steps_per_step:,} real steps per task per update)"
+        )
+        # the table first: the files and figures below take seconds more
+        print(("\n" if index else "") + report.table(title), flush=True)
         stem = "evaluation" if index == 0 else f"evaluation_{split}"
         report.write(Path(run_dir), stem=stem)
         adaptation_trajectories(
@@ -92,13 +100,6 @@ def run(cfg: DictConfig, run_dir: str) -> None:
             title=f"{cfg.meta_optimizer.name} on {SPLIT_NAMES[split]}: mean-action episodes "
             f"before and after {cfg.evaluation.inner_steps} inner steps",
         )  # fmt: skip
-        dyna = cfg.dyna.name if cfg.dyna is not None else "none"
-        title = (
-            f"{cfg.meta_optimizer.name} on {cfg.evaluation.tasks} {SPLIT_NAMES[split]} "
-            f"({cfg.env.backend} backend, cost limit {cfg.env.cost_limit:g}, dyna={dyna}, "
-            f"{report.env_steps_per_step:,} real steps per task per update)"
-        )
-        print(("\n" if index else "") + report.table(title))
 
 
 def main(argv: list[str] | None = None) -> int:
