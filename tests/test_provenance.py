@@ -38,22 +38,22 @@ def test_installed_packages_are_the_locked_versions() -> None:
     """Every installed package is pinned in constraints.txt at its installed version (a new
     dependency without `scripts/lock.sh`, or a drifted install, fails here)."""
     from conftest import REPO_ROOT
-
-    def canonical(name: str) -> str:
-        return name.lower().replace("_", "-").replace(".", "-")
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
 
     locked = {}
     for line in (Path(REPO_ROOT) / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")
-            locked[canonical(name)] = version
+            locked[canonicalize_name(name)] = version
     # site-packages only: setuptools puts its vendored packages on sys.path when imported
     site_packages = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     installed = {
-        canonical(d.metadata["Name"]): d.version.split("+")[0]
+        canonicalize_name(d.metadata["Name"]): Version(d.version).public
         for d in metadata.distributions(path=site_packages)
-        if canonical(d.metadata["Name"]) not in {"pip", "setuptools", "wheel", "meta-safe"}
     }
+    for unlocked in ("pip", "setuptools", "wheel", "meta-safe"):
+        installed.pop(unlocked, None)
     assert {k: v for k, v in installed.items() if locked.get(k) != v} == {}
 
 
