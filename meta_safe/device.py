@@ -48,6 +48,10 @@ def check_device(name: str, key: str = "runtime.device") -> torch.device:
 def on_device(name: str | torch.device) -> Iterator[torch.device]:
     """Create tensors and modules on ``name`` by default for the duration of the block."""
     device = check_device(name) if isinstance(name, str) else name
+    if device == torch.get_default_device():
+        # Already the default: a device context would only add a Python hook to every op.
+        yield device
+        return
     with torch.device(device):
         yield device
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -104,18 +105,17 @@ def _decay(base: float, damping_scale: Tensor) -> Tensor:
     return 1.0 - (1.0 - base) * damping_scale
 
 
-def physics_step(
-    state: Tensor, action: Tensor, task: TaskTensors, model: PointDynamics = PointDynamics()
-) -> tuple[Tensor, Tensor]:
-    """Advance one env step (``model.substeps`` physics steps). Differentiable.
+def integrate(
+    state: Sequence[Tensor], action: Tensor, task: TaskTensors, model: PointDynamics
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The arithmetic of :func:`physics_step` on separate state channels.
 
-    :param state: ``[..., 6]`` planar state ``[x, y, heading, vx, vy, omega]``.
-    :param action: ``[..., 2]`` raw actions (clipped to [-1, 1] as MuJoCo's ctrlrange does).
-    :param task: per-task tensors broadcastable to ``state[..., 0]``.
-    :return: ``(next_state [..., 6], body_accel [..., 2])`` where ``body_accel`` is the
-        body-frame linear acceleration over the last physics step (accelerometer reading).
+    :param state: the six ``[...]`` channels ``x, y, heading, vx, vy, omega``.
+    :param action: ``[..., 2]`` raw actions.
+    :return: ``(next state channels, [forward, lateral] body-frame acceleration)``, each
+        a list of ``[...]`` tensors.
     """
-    x, y, heading, vx, vy, omega = state.unbind(-1)
+    x, y, heading, vx, vy, omega = state
     action = action.clamp(-1.0, 1.0)
     drive = action[..., 0].clamp(-model.force_limit, model.force_limit) * task.gear_scale
     turn_target = action[..., 1]
@@ -140,8 +140,23 @@ def physics_step(
         vy = sin * fwd + cos * lat
         x = x + model.dt * vx
         y = y + model.dt * vy
-    body_accel = torch.stack([fwd - fwd_prev, lat - lat_prev], -1) / model.dt
-    return torch.stack([x, y, heading, vx, vy, omega], -1), body_accel
+    accel = [(fwd - fwd_prev) / model.dt, (lat - lat_prev) / model.dt]
+    return [x, y, heading, vx, vy, omega], accel
+
+
+def physics_step(
+    state: Tensor, action: Tensor, task: TaskTensors, model: PointDynamics = PointDynamics()
+) -> tuple[Tensor, Tensor]:
+    """Advance one env step (``model.substeps`` physics steps). Differentiable.
+
+    :param state: ``[..., 6]`` planar state ``[x, y, heading, vx, vy, omega]``.
+    :param action: ``[..., 2]`` raw actions (clipped to [-1, 1] as MuJoCo's ctrlrange does).
+    :param task: per-task tensors broadcastable to ``state[..., 0]``.
+    :return: ``(next_state [..., 6], body_accel [..., 2])`` where ``body_accel`` is the
+        body-frame linear acceleration over the last physics step (accelerometer reading).
+    """
+    next_state, accel = integrate(state.unbind(-1), action, task, model)
+    return torch.stack(next_state, -1), torch.stack(accel, -1)
 
 
 def circle_reward(state: Tensor, task: TaskTensors) -> Tensor:
@@ -205,6 +220,58 @@ def observe(state: Tensor, body_accel: Tensor) -> Tensor:
     return torch.cat([accelerometer, velocimeter, gyro, magnetometer, circle_lidar(state)], -1)
 
 
+def lidar_channels(x: Tensor, y: Tensor, heading: Tensor) -> list[Tensor]:
+    """The 16 readings of :func:`circle_lidar`, one ``[...]`` tensor per bin, with the
+    same arithmetic. Every operation is elementwise over the envs, so a compiler fuses
+    them into one vectorised loop (the ``[..., 16]`` form recomputes the angle per bin)."""
+    cos, sin = torch.cos(heading), torch.sin(heading)
+    ego_x = cos * (-x) + sin * (-y)
+    ego_y = -sin * (-x) + cos * (-y)
+    dist = torch.sqrt(ego_x * ego_x + ego_y * ego_y)
+    angle = torch.remainder(torch.atan2(ego_y, ego_x), 2 * math.pi)
+    bin_size = 2 * math.pi / LIDAR_BINS
+    bin_index = torch.floor(angle / bin_size).clamp(0, LIDAR_BINS - 1)
+    alias = angle / bin_size - bin_index
+    sensor = (LIDAR_MAX_DIST - dist).clamp_min(0.0) / LIDAR_MAX_DIST
+    following = torch.remainder(bin_index + 1, LIDAR_BINS)
+    preceding = torch.remainder(bin_index - 1, LIDAR_BINS)
+    readings = []
+    for bin in range(LIDAR_BINS):
+        hit = (bin_index == bin).to(x.dtype)
+        plus = (following == bin).to(x.dtype)
+        minus = (preceding == bin).to(x.dtype)
+        reading = torch.maximum(hit * sensor, plus * alias * sensor)
+        readings.append(torch.maximum(reading, minus * (1 - alias) * sensor))
+    return readings
+
+
+def observation_channels(state: Sequence[Tensor], body_accel: Sequence[Tensor]) -> list[Tensor]:
+    """The 28 entries of :func:`observe`, one ``[...]`` tensor each.
+
+    :param state: the six state channels. :param body_accel: forward and lateral channels.
+    """
+    x, y, heading, vx, vy, omega = state
+    cos, sin = torch.cos(heading), torch.sin(heading)
+    zeros = torch.zeros_like(heading)
+    mx, my = MAGNETIC_FIELD
+    return [
+        body_accel[0], body_accel[1], zeros + GRAVITY,  # accelerometer
+        cos * vx + sin * vy, -sin * vx + cos * vy, zeros,  # velocimeter
+        zeros, zeros, omega,  # gyro
+        cos * mx + sin * my, -sin * mx + cos * my, zeros,  # magnetometer
+        *lidar_channels(x, y, heading),
+    ]  # fmt: skip
+
+
+def channel_major(values: Tensor) -> Tensor:
+    """A copy of ``values [..., C]`` stored channel by channel: each of the ``C`` channels
+    is one contiguous ``[...]`` plane (a ``[C, ...]`` buffer seen as ``[..., C]``). The
+    compiled step reads and writes this layout with vector instructions."""
+    planes = values.new_empty((values.shape[-1], *values.shape[:-1]))
+    planes.copy_(values.movedim(-1, 0))
+    return planes.movedim(0, -1)
+
+
 def env_step(
     state: Tensor, action: Tensor, task: TaskTensors, model: PointDynamics = PointDynamics()
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -235,24 +302,67 @@ def clocked_env_step(
     return next_state, obs, reward, cost, elapsed, torch.zeros_like(truncated), truncated
 
 
+def fused_env_step(
+    state: Tensor,
+    action: Tensor,
+    elapsed: Tensor,
+    episode_steps: int,
+    task: TaskTensors,
+    model: PointDynamics,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`clocked_env_step` written channel by channel, the form :class:`FastEnvStep`
+    compiles: the same arithmetic, and ``next_state`` and ``obs`` come out in
+    :func:`channel_major` layout.
+
+    :return: ``(next_state [..., 6], obs [..., 28], reward, cost, elapsed + 1, terminated,
+        truncated)``.
+    """
+    channels, accel = integrate(state.unbind(-1), action, task, model)
+    next_state = torch.stack(channels, 0).movedim(0, -1)
+    obs = torch.stack(observation_channels(channels, accel), 0).movedim(0, -1)
+    elapsed = elapsed + 1
+    truncated = elapsed >= episode_steps
+    reward, cost = circle_reward(next_state, task), wall_cost(next_state, task)
+    return next_state, obs, reward, cost, elapsed, torch.zeros_like(truncated), truncated
+
+
+#: Elements per step from which the compiled step runs on all of torch's threads (below
+#: it, one thread, like torch's own elementwise kernels).
+PARALLEL_STEP_ELEMENTS: int = 4096
+
+
 class FastEnvStep:
-    """:func:`clocked_env_step` fused by ``torch.compile`` (inductor) into one C++ kernel.
+    """:func:`fused_env_step` compiled by ``torch.compile`` (inductor) into one C++ kernel.
 
     Eager, a step is ~300 tiny torch ops whose dispatch overhead (~1 ms) dominates at
-    small batches; the compiled kernel is one call with the same arithmetic (equal up to
-    float rounding, e.g. vectorised vs scalar ``sin``). No autograd: use
-    :func:`physics_step` to differentiate. Compiles on the first call per input
-    shape/dtype (seconds; a second shape compiles once more with dynamic sizes; inductor
-    caches kernels on disk for later processes). If compiling fails it warns once and
-    steps eagerly from then on. ``STOCHASTIC_CIRCLE_COMPILE=0`` in the environment
-    skips compiling altogether. The kernel runs single-threaded (``cpp.threads=1``): at
-    the batch sizes eager torch also runs on one thread (< 32k elements), and an OpenMP
-    kernel stalls for milliseconds when other processes hold the cores.
+    small batches; the compiled kernel is one call with the same arithmetic as
+    :func:`clocked_env_step` (equal up to float rounding, e.g. vectorised vs scalar
+    ``sin``). Inputs in :func:`channel_major` layout (as :class:`BatchedCircleEnv` keeps
+    its state) are read with vector loads. No autograd: use :func:`physics_step` to
+    differentiate. Compiles on the first call per input shape/dtype (seconds; a second
+    shape compiles once more with dynamic sizes; inductor caches kernels on disk for
+    later processes). If compiling fails it warns once and steps eagerly
+    (:func:`clocked_env_step`) from then on. ``STOCHASTIC_CIRCLE_COMPILE=0`` in the
+    environment skips compiling altogether. Below :data:`PARALLEL_STEP_ELEMENTS` envs
+    the kernel runs on one thread, as eager torch would, since an OpenMP kernel stalls
+    for milliseconds when other processes hold the cores; from there on it uses all of
+    torch's threads.
     """
 
     def __init__(self) -> None:
         self.enabled = os.environ.get("STOCHASTIC_CIRCLE_COMPILE", "1") != "0"
-        self._compiled = None
+        self._compiled: dict[int, Callable[..., tuple[Tensor, ...]]] = {}
+
+    def compiled(self, threads: int) -> Callable[..., tuple[Tensor, ...]]:
+        """The compiled step for ``threads`` threads (compiled on first use)."""
+        if threads not in self._compiled:
+            self._compiled[threads] = torch.compile(
+                fused_env_step,
+                fullgraph=True,
+                # the C++ wrapper launches the kernel without a Python frame per buffer
+                options={"cpp.threads": threads, "cpp_wrapper": True},
+            )
+        return self._compiled[threads]
 
     @torch.no_grad()
     def __call__(
@@ -267,11 +377,8 @@ class FastEnvStep:
         args = (state, action, elapsed, episode_steps, task, model)
         if self.enabled:
             try:
-                if self._compiled is None:
-                    self._compiled = torch.compile(
-                        clocked_env_step, fullgraph=True, options={"cpp.threads": 1}
-                    )
-                return self._compiled(*args)
+                parallel = elapsed.numel() >= PARALLEL_STEP_ELEMENTS and state.device.type == "cpu"
+                return self.compiled(torch.get_num_threads() if parallel else 1)(*args)
             except Exception as exc:  # any compiler failure: fall back to eager
                 self.enabled = False
                 reason = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -342,7 +449,8 @@ class BatchedCircleEnv:
         )
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
-        self.state = torch.zeros(*shape, 6, dtype=dtype, device=self.device)
+        # channel-major (see channel_major), the layout the compiled step reads and writes
+        self.state = channel_major(torch.zeros(*shape, 6, dtype=dtype, device=self.device))
         self.elapsed = torch.zeros(shape, dtype=torch.long, device=self.device)
         self.final_obs = torch.zeros(*shape, OBS_DIM, dtype=dtype, device=self.device)
         self.final_state = torch.zeros(*shape, 6, dtype=dtype, device=self.device)
@@ -369,8 +477,8 @@ class BatchedCircleEnv:
         if seed is not None:
             self.generator.manual_seed(seed)
         n = self.num_tasks * self.num_envs
-        # a base tensor (no view), like the step outputs, so compiled-step guards keep holding
-        self.state = self._start_states(n).view(self.num_tasks, self.num_envs, 6).clone()
+        # the step outputs' layout, so the compiled step's guards keep holding
+        self.state = channel_major(self._start_states(n).view(self.num_tasks, self.num_envs, 6))
         self.elapsed.zero_()
         zero_accel = torch.zeros(*self.state.shape[:-1], 2, dtype=self.dtype, device=self.device)
         self._obs = observe(self.state, zero_accel)
@@ -382,7 +490,15 @@ class BatchedCircleEnv:
 
     def set_state(self, state: Tensor) -> None:
         """Overwrite the planar state ``[tasks, envs, 6]`` (for tests and model rollouts)."""
-        self.state = state.to(self.dtype).clone()
+        self.state = channel_major(state.to(self.dtype))
+
+    def _kernel_layout(self, action: Tensor) -> Tensor:
+        """``action`` as the compiled step reads it fastest: channel-major from
+        :data:`PARALLEL_STEP_ELEMENTS` envs on (vector loads), as given below (where a
+        copy would cost more than it saves)."""
+        if self.fast and action.shape[:-1].numel() >= PARALLEL_STEP_ELEMENTS:
+            return channel_major(action)
+        return action
 
     @torch.no_grad()
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -398,7 +514,7 @@ class BatchedCircleEnv:
         step = fast_env_step if self.fast else clocked_env_step
         next_state, obs, reward, cost, self.elapsed, terminated, truncated = step(
             self.state,
-            action.to(self.dtype),
+            self._kernel_layout(action.to(self.dtype)),
             self.elapsed,
             self.episode_steps,
             self.env_task_tensors,

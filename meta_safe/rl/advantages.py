@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from meta_safe.rl.discounting import reverse_discounted_sum
+
 
 def gae(
     rewards: Tensor,
@@ -38,12 +40,8 @@ def gae(
     not_terminated = (~terminated).to(values.dtype)
     continues = (~(terminated | truncated)).to(values.dtype)
     deltas = rewards + gamma * not_terminated * next_values - values
-    advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[..., 0])
-    for t in range(values.shape[-1] - 1, -1, -1):
-        # At the batch end (t = N-1) the recursion starts from zero: bootstrap via delta only.
-        running = deltas[..., t] + gamma * lam * continues[..., t] * running
-        advantages[..., t] = running
+    # At the batch end (t = N-1) the recursion starts from zero: bootstrap via delta only.
+    advantages = reverse_discounted_sum(deltas, continues, gamma * lam).to(values.dtype)
     return advantages, advantages + values
 
 

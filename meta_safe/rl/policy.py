@@ -8,7 +8,7 @@ updates produce *new* dicts and never alias or mutate the meta-parameters.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -139,5 +139,15 @@ class ObsNormalizer(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         """Normalise ``obs [..., obs_dim]`` with the current statistics."""
-        mean, std = self.mean.to(obs.dtype), (self.var + self.eps).sqrt().to(obs.dtype)
-        return ((obs - mean) / std).clamp(-self.clip, self.clip)
+        return self.affine(obs.dtype)(obs)
+
+    def affine(self, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+        """The normalisation with today's statistics, converted to ``dtype`` once: for
+        loops that normalise many observations before the next :meth:`update`."""
+        mean, std = self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype)
+        clip = self.clip
+
+        def normalize(obs: Tensor) -> Tensor:
+            return ((obs - mean) / std).clamp(-clip, clip)
+
+        return normalize

@@ -211,12 +211,14 @@ def collect(
     noise = torch.randn((steps, T, E, policy.act_dim), generator=generator, dtype=action_dtype)
     if deterministic:
         noise.zero_()
+    noise = std * noise  # scaled once for the batch: the same products as step by step
     raw_obs_seen, means_seen = [raw_obs], []
+    normalize = normalizer.affine(dtype)  # the statistics are fixed until the batch ends
     for step in range(steps):
-        obs = normalizer(raw_obs)
+        obs = normalize(raw_obs)
         with torch.no_grad():
-            mean = means(obs.to(dtype))
-            actions = mean + std * noise[step]
+            mean = means(obs)
+            actions = mean + noise[step]
         timestep = env.elapsed.clone() if clock is not None else elapsed
         if track_states:
             store["states"].append(env.state.clone())
@@ -237,7 +239,8 @@ def collect(
         if track_states:
             store["next_states"].append(env.final_state.clone())
             store["next_raw_obs"].append(final_raw)
-        elapsed = (elapsed + 1) * ~done
+        if clock is None:
+            elapsed = (elapsed + 1) * ~done
         raw_obs = next_raw
         raw_obs_seen.append(next_raw)
     batch = {k: torch.stack(v, dim=2) for k, v in store.items()}

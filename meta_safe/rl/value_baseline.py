@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from meta_safe.rl.discounting import reverse_discounted_sum
+
 
 def features(obs: Tensor, timestep: Tensor, horizon: int) -> Tensor:
     """:param obs: ``[..., D]``. :param timestep: ``[...]``. :return: ``[..., 2D + 4]``."""
@@ -31,13 +33,7 @@ def discounted_returns(
     function, so no bootstrap is needed; an episode cut by the batch end is
     under-estimated, which only makes the baseline slightly worse (GAE stays unbiased).
     """
-    done = (terminated | truncated).to(torch.float64)
-    returns = torch.zeros_like(rewards, dtype=torch.float64)
-    running = torch.zeros_like(rewards[..., 0], dtype=torch.float64)
-    for t in range(rewards.shape[-1] - 1, -1, -1):
-        running = rewards[..., t].to(torch.float64) + gamma * (1 - done[..., t]) * running
-        returns[..., t] = running
-    return returns
+    return reverse_discounted_sum(rewards, ~(terminated | truncated), gamma)
 
 
 def fit_linear_values(
