@@ -37,7 +37,7 @@ def reverse_discounted_sum(values: Tensor, continues: Tensor, discount: float) -
     # end_t: the first cut at or after t (n if none); the sum stops there
     cut_index = torch.where(keep > 0, n, steps.expand_as(keep))
     end = torch.flip(torch.cummin(torch.flip(cut_index, [-1]), -1).values, [-1])
-    padded = torch.cat([suffix, torch.zeros_like(suffix[..., :2])], -1)  # suffix at n, n+1: 0
+    padded = torch.cat([suffix, suffix.new_zeros((*suffix.shape[:-1], 2))], -1)  # at n, n+1: 0
     return (suffix - padded.gather(-1, end + 1)) / weights
 
 
