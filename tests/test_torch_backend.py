@@ -10,13 +10,19 @@ from stochastic_circle.tasks import CircleTask
 from stochastic_circle.torch_backend import (
     EPISODE_STEPS,
     OBS_DIM,
+    PARALLEL_STEP_ELEMENTS,
     BatchedCircleEnv,
     PointDynamics,
     TaskTensors,
+    circle_lidar,
     circle_reward,
     clocked_env_step,
     env_step,
     fast_env_step,
+    fused_env_step,
+    lidar_channels,
+    observation_channels,
+    observe,
     physics_step,
     wall_cost,
 )
@@ -143,6 +149,58 @@ def test_fast_step_equals_eager_reference() -> None:
     eager = clocked_env_step(state, action, elapsed, 500, env_task, PointDynamics())
     for a, b in zip(fast, eager, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
+
+
+def test_channel_form_computes_what_the_stacked_form_computes() -> None:
+    """The per-channel lidar, observation and step that the compiler fuses give the very
+    numbers of the ``[..., C]`` forms, eagerly; the step's state and observation come out
+    channel-major."""
+    tasks = [CircleTask(radius=1.2, wall_distance=0.8, damping_scale=0.7), CircleTask()]
+    env_task = TaskTensors(
+        *(t.expand(2, 32).contiguous() for t in vars(TaskTensors.from_tasks(tasks)).values())
+    )
+    gen = torch.Generator().manual_seed(4)
+    state = random_states(gen, (2, 32))
+    accel = torch.randn(2, 32, 2, generator=gen)
+    x, y, heading = state.unbind(-1)[:3]
+    assert torch.equal(torch.stack(lidar_channels(x, y, heading), -1), circle_lidar(state))
+    channels = observation_channels(state.unbind(-1), accel.unbind(-1))
+    assert torch.equal(torch.stack(channels, -1), observe(state, accel))
+    action = torch.rand(2, 32, 2, generator=gen) * 2 - 1
+    elapsed = torch.randint(0, 500, (2, 32), generator=gen)
+    fused = fused_env_step(state, action, elapsed, 500, env_task, PointDynamics())
+    eager = clocked_env_step(state, action, elapsed, 500, env_task, PointDynamics())
+    for a, b in zip(fused, eager, strict=True):
+        assert torch.equal(a, b)
+    assert fused[0].stride() == (32, 1, 64) and fused[1].stride() == (32, 1, 64)
+
+
+def test_large_batches_step_channel_major_on_all_threads_as_eager_does() -> None:
+    """From PARALLEL_STEP_ELEMENTS envs the compiled step reads channel-major actions and
+    runs on all threads: it still agrees with the eager env, episodes and resets
+    included, and the state stays channel-major."""
+    num_envs = PARALLEL_STEP_ELEMENTS // 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+
+        def rollout(fast: bool) -> list[torch.Tensor]:
+            env = BatchedCircleEnv(TASKS, num_envs, seed=5, episode_steps=3, fast=fast)
+            out = [env.reset()]
+            gen = torch.Generator().manual_seed(2)
+            for _ in range(7):
+                action = torch.rand(2, num_envs, 2, generator=gen) * 2 - 1
+                out += [*env.step(action), env.state]
+                assert not fast or env.state.stride()[-1] == 2 * num_envs
+            return out
+
+        for a, b in zip(rollout(True), rollout(False), strict=True):
+            if a.is_floating_point():
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            else:
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_fast_env_trajectories_equal_eager_env() -> None:
