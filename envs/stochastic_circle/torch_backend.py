@@ -267,9 +267,17 @@ def channel_major(values: Tensor) -> Tensor:
     """A copy of ``values [..., C]`` stored channel by channel: each of the ``C`` channels
     is one contiguous ``[...]`` plane (a ``[C, ...]`` buffer seen as ``[..., C]``). The
     compiled step reads and writes this layout with vector instructions."""
-    planes = values.new_empty((values.shape[-1], *values.shape[:-1]))
-    planes.copy_(values.movedim(-1, 0))
-    return planes.movedim(0, -1)
+    *lead, channels = values.shape
+    strides, size = [], 1
+    for extent in reversed(lead):
+        strides.insert(0, size)
+        size *= extent
+    # allocated with these strides rather than as a view of a [C, ...] buffer: the compiled
+    # step's outputs have no base tensor, and its guards tell the two apart
+    planes = torch.empty_strided(
+        values.shape, (*strides, size), dtype=values.dtype, device=values.device
+    )
+    return planes.copy_(values)
 
 
 def env_step(
