@@ -26,7 +26,13 @@ import torch
 
 from meta_safe.cli.errors import ArgumentParser, run_cli
 from stochastic_circle.tasks import CircleTask
-from stochastic_circle.torch_backend import BatchedCircleEnv, env_step, fast_env_step
+from stochastic_circle.torch_backend import (
+    PARALLEL_STEP_ELEMENTS,
+    BatchedCircleEnv,
+    channel_major,
+    env_step,
+    fast_env_step,
+)
 
 SIZES: tuple[tuple[int, int], ...] = ((1, 1), (3, 8), (8, 64), (1, 4096))
 
@@ -67,9 +73,13 @@ def bench_size(num_tasks: int, num_envs: int, steps: int, repeats: int) -> dict[
         with torch.no_grad():
             return env_step(fast_env.state, action, fast_env.task_tensors, model)
 
-    def new_kernel() -> object:
+    kernel_action = (
+        channel_major(action) if action.shape[:-1].numel() >= PARALLEL_STEP_ELEMENTS else action
+    )
+
+    def new_kernel() -> object:  # fed as env.step feeds it
         return fast_env_step(
-            fast_env.state, action, fast_env.elapsed, 500, fast_env.env_task_tensors, model
+            fast_env.state, kernel_action, fast_env.elapsed, 500, fast_env.env_task_tensors, model
         )
 
     old_step, new_step, old_k, new_k = interleaved(
