@@ -191,7 +191,8 @@ def test_large_batches_step_channel_major_on_all_threads_as_eager_does() -> None
             for _ in range(7):
                 action = torch.rand(2, num_envs, 2, generator=gen) * 2 - 1
                 out += [*env.step(action), env.state]
-                assert not fast or env.state.stride()[-1] == 2 * num_envs
+                if fast and fast_env_step.enabled:  # (compiled: else it steps eagerly)
+                    assert env.state.stride()[-1] == 2 * num_envs
             return out
 
         for a, b in zip(rollout(True), rollout(False), strict=True):

@@ -334,6 +334,10 @@ def fused_env_step(
     return next_state, obs, reward, cost, elapsed, torch.zeros_like(truncated), truncated
 
 
+#: Compiled variants (shapes, dtypes, dynamics constants) one process may build per thread
+#: count before it steps eagerly.
+RECOMPILE_LIMIT: int = 64
+
 #: Elements per step from which the compiled step runs on all of torch's threads (below
 #: it, one thread, like torch's own elementwise kernels).
 PARALLEL_STEP_ELEMENTS: int = 4096
@@ -367,6 +371,9 @@ class FastEnvStep:
             self._compiled[threads] = torch.compile(
                 fused_env_step,
                 fullgraph=True,
+                # its own cache: shapes, dtypes and models in one process add up
+                recompile_limit=RECOMPILE_LIMIT,
+                isolate_recompiles=True,
                 # the C++ wrapper launches the kernel without a Python frame per buffer
                 options={"cpp.threads": threads, "cpp_wrapper": True},
             )

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
         "--torch-threads",
         type=int,
         default=None,
-        help="override runtime.torch_threads (default: the config's, 2)",
+        help="override runtime.torch_threads (default: the config's)",
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     parser.add_argument(
