@@ -351,9 +351,9 @@ class FastEnvStep:
     :func:`clocked_env_step` (equal up to float rounding, e.g. vectorised vs scalar
     ``sin``). Inputs in :func:`channel_major` layout (as :class:`BatchedCircleEnv` keeps
     its state) are read with vector loads. No autograd: use :func:`physics_step` to
-    differentiate. Compiles on the first call per input shape/dtype (seconds; a second
-    shape compiles once more with dynamic sizes; inductor caches kernels on disk for
-    later processes). If compiling fails it warns once and steps eagerly
+    differentiate. Compiles on the first call per input shape/dtype (about 20 s on 2 cores,
+    a few seconds once inductor's disk cache holds the kernel; a second shape compiles once
+    more with dynamic sizes). If compiling fails it warns once and steps eagerly
     (:func:`clocked_env_step`) from then on. ``STOCHASTIC_CIRCLE_COMPILE=0`` in the
     environment skips compiling altogether. Below :data:`PARALLEL_STEP_ELEMENTS` envs
     the kernel runs on one thread, as eager torch would, since an OpenMP kernel stalls

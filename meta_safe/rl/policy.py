@@ -142,8 +142,8 @@ class ObsNormalizer(nn.Module):
         return self.affine(obs.dtype)(obs)
 
     def affine(self, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
-        """The normalisation with today's statistics, converted to ``dtype`` once: for
-        loops that normalise many observations before the next :meth:`update`."""
+        """The normalisation with the current statistics, converted to ``dtype`` once:
+        for loops that normalise many observations before the next :meth:`update`."""
         mean, std = self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype)
         clip = self.clip
 
