@@ -178,12 +178,10 @@ def wall_cost(state: Tensor, task: TaskTensors) -> Tensor:
     return (outside_x | outside_y).to(state.dtype)
 
 
-def circle_lidar(state: Tensor) -> Tensor:
-    """16-bin pseudo-lidar of the circle centre with aliasing, as Safety-Gymnasium.
-
-    :param state: ``[..., 6]``. :return: ``[..., 16]`` readings in [0, 1].
-    """
-    x, y, heading = state[..., 0], state[..., 1], state[..., 2]
+def _lidar_geometry(x: Tensor, y: Tensor, heading: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Where the circle centre falls in the pseudo-lidar: ``(bin_index, alias, sensor)``,
+    each ``[...]``: the bin (as a float), the fraction of the way into it, and the reading
+    ``max(0, max_dist - dist) / max_dist``."""
     # Centre (0, 0) in the agent's ego frame.
     cos, sin = torch.cos(heading), torch.sin(heading)
     ego_x = cos * (-x) + sin * (-y)
@@ -194,6 +192,32 @@ def circle_lidar(state: Tensor) -> Tensor:
     bin_index = torch.floor(angle / bin_size).clamp(0, LIDAR_BINS - 1)
     alias = angle / bin_size - bin_index
     sensor = (LIDAR_MAX_DIST - dist).clamp_min(0.0) / LIDAR_MAX_DIST
+    return bin_index, alias, sensor
+
+
+def body_sensor_channels(
+    heading: Tensor, vx: Tensor, vy: Tensor, omega: Tensor, body_accel: Sequence[Tensor]
+) -> list[Tensor]:
+    """The first 12 observation entries, one ``[...]`` tensor each: accelerometer,
+    velocimeter, gyro and magnetometer in the body frame (``body_accel``: forward and
+    lateral channels)."""
+    cos, sin = torch.cos(heading), torch.sin(heading)
+    zeros = torch.zeros_like(heading)
+    mx, my = MAGNETIC_FIELD
+    return [
+        body_accel[0], body_accel[1], zeros + GRAVITY,  # accelerometer
+        cos * vx + sin * vy, -sin * vx + cos * vy, zeros,  # velocimeter
+        zeros, zeros, omega,  # gyro
+        cos * mx + sin * my, -sin * mx + cos * my, zeros,  # magnetometer
+    ]  # fmt: skip
+
+
+def circle_lidar(state: Tensor) -> Tensor:
+    """16-bin pseudo-lidar of the circle centre with aliasing, as Safety-Gymnasium.
+
+    :param state: ``[..., 6]``. :return: ``[..., 16]`` readings in [0, 1].
+    """
+    bin_index, alias, sensor = _lidar_geometry(state[..., 0], state[..., 1], state[..., 2])
     bins = torch.arange(LIDAR_BINS, device=state.device, dtype=state.dtype)
     idx = bin_index.unsqueeze(-1)
     hit = (bins == idx).to(state.dtype)
@@ -209,30 +233,16 @@ def observe(state: Tensor, body_accel: Tensor) -> Tensor:
 
     :param state: ``[..., 6]``. :param body_accel: ``[..., 2]``. :return: ``[..., 28]``.
     """
-    heading, vx, vy, omega = state[..., 2], state[..., 3], state[..., 4], state[..., 5]
-    cos, sin = torch.cos(heading), torch.sin(heading)
-    zeros = torch.zeros_like(heading)
-    accelerometer = torch.stack([body_accel[..., 0], body_accel[..., 1], zeros + GRAVITY], -1)
-    velocimeter = torch.stack([cos * vx + sin * vy, -sin * vx + cos * vy, zeros], -1)
-    gyro = torch.stack([zeros, zeros, omega], -1)
-    mx, my = MAGNETIC_FIELD
-    magnetometer = torch.stack([cos * mx + sin * my, -sin * mx + cos * my, zeros], -1)
-    return torch.cat([accelerometer, velocimeter, gyro, magnetometer, circle_lidar(state)], -1)
+    _, _, heading, vx, vy, omega = state.unbind(-1)
+    sensors = body_sensor_channels(heading, vx, vy, omega, body_accel.unbind(-1))
+    return torch.cat([torch.stack(sensors, -1), circle_lidar(state)], -1)
 
 
 def lidar_channels(x: Tensor, y: Tensor, heading: Tensor) -> list[Tensor]:
     """The 16 readings of :func:`circle_lidar`, one ``[...]`` tensor per bin, with the
     same arithmetic. Every operation is elementwise over the envs, so a compiler fuses
     them into one vectorised loop (the ``[..., 16]`` form recomputes the angle per bin)."""
-    cos, sin = torch.cos(heading), torch.sin(heading)
-    ego_x = cos * (-x) + sin * (-y)
-    ego_y = -sin * (-x) + cos * (-y)
-    dist = torch.sqrt(ego_x * ego_x + ego_y * ego_y)
-    angle = torch.remainder(torch.atan2(ego_y, ego_x), 2 * math.pi)
-    bin_size = 2 * math.pi / LIDAR_BINS
-    bin_index = torch.floor(angle / bin_size).clamp(0, LIDAR_BINS - 1)
-    alias = angle / bin_size - bin_index
-    sensor = (LIDAR_MAX_DIST - dist).clamp_min(0.0) / LIDAR_MAX_DIST
+    bin_index, alias, sensor = _lidar_geometry(x, y, heading)
     following = torch.remainder(bin_index + 1, LIDAR_BINS)
     preceding = torch.remainder(bin_index - 1, LIDAR_BINS)
     readings = []
@@ -251,16 +261,8 @@ def observation_channels(state: Sequence[Tensor], body_accel: Sequence[Tensor]) 
     :param state: the six state channels. :param body_accel: forward and lateral channels.
     """
     x, y, heading, vx, vy, omega = state
-    cos, sin = torch.cos(heading), torch.sin(heading)
-    zeros = torch.zeros_like(heading)
-    mx, my = MAGNETIC_FIELD
-    return [
-        body_accel[0], body_accel[1], zeros + GRAVITY,  # accelerometer
-        cos * vx + sin * vy, -sin * vx + cos * vy, zeros,  # velocimeter
-        zeros, zeros, omega,  # gyro
-        cos * mx + sin * my, -sin * mx + cos * my, zeros,  # magnetometer
-        *lidar_channels(x, y, heading),
-    ]  # fmt: skip
+    sensors = body_sensor_channels(heading, vx, vy, omega, body_accel)
+    return [*sensors, *lidar_channels(x, y, heading)]
 
 
 def channel_major(values: Tensor) -> Tensor:
