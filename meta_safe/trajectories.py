@@ -60,6 +60,7 @@ def rollout_episodes(
     seed: int = 0,
     deterministic: bool = True,
     render_every: int = 0,
+    envs_per_task: int = 1,
 ) -> list[Episode]:
     """One episode per task (``env_cfg.episode_steps`` steps), without learning.
 
@@ -67,6 +68,8 @@ def rollout_episodes(
     :param deterministic: act with the policy's mean, else sample (seeded by ``seed``).
     :param render_every: keep a rendered frame every ``k`` steps (MuJoCo backend only;
         0: none).
+    :param envs_per_task: envs run per task; the episode of the first is returned (see
+        :func:`figure_envs_per_task`).
 
     The episodes run on the device of ``params``; their tensors are returned on the CPU.
     """
@@ -77,8 +80,9 @@ def rollout_episodes(
         )
     with on_device(params["log_std"].device):
         return _rollout_episodes(
-            env_cfg, tasks, policy, params, normalizer, seed, deterministic, render_every
-        )
+            env_cfg, tasks, policy, params, normalizer, seed, deterministic, render_every,
+            envs_per_task,
+        )  # fmt: skip
 
 
 def _rollout_episodes(
@@ -90,14 +94,15 @@ def _rollout_episodes(
     seed: int,
     deterministic: bool,
     render_every: int,
+    envs_per_task: int,
 ) -> list[Episode]:
-    env = make_batched_env(env_cfg, tasks, 1, seed)
+    env = make_batched_env(env_cfg, tasks, envs_per_task, seed)
     if render_every:
         for row in env.envs:
             row[0].render_mode = "rgb_array"
     raw_obs = env.reset(seed=seed)
     means = action_means(policy, params, per_task=True)
-    std = params["log_std"].exp().unsqueeze(1)  # [T, 1, act_dim]
+    std = params["log_std"].exp().unsqueeze(1)  # [T, 1, act_dim], broadcast over envs
     generator = seeded_generator(seed)
     positions, rewards, costs = [], [], []
     frames: list[list[np.ndarray]] = [[] for _ in tasks]
@@ -197,6 +202,13 @@ FIGURE_TASKS = 4
 """Tasks drawn in the trajectory figure of an evaluation (its first ones)."""
 
 
+def figure_envs_per_task(env_cfg: Any, evaluation_envs_per_task: int) -> int:
+    """Envs per task of the figure's episodes: on the torch backend the evaluation's own
+    width, so the figure steps with the kernel the evaluation compiled (a batch of one
+    env per task would compile another); elsewhere 1, as each env costs real time."""
+    return evaluation_envs_per_task if env_cfg.backend == "torch" else 1
+
+
 def adaptation_trajectories(
     env_cfg: Any,
     policy: GaussianPolicy,
@@ -206,18 +218,28 @@ def adaptation_trajectories(
     path: Path,
     seed: int = 0,
     title: str = "",
+    envs_per_task: int = 1,
 ) -> Path:
     """The trajectory figure of an adaptation: mean-action episodes of the first
     :data:`FIGURE_TASKS` tasks before (``policies[0]``) and after (``policies[-1]``).
 
     :param policies: per collection, the stacked per-task parameters
         (:attr:`meta_safe.evaluation.AdaptationReport.policies`).
+    :param envs_per_task: envs per task of the episodes (:func:`figure_envs_per_task`).
     """
     shown = list(range(min(FIGURE_TASKS, len(tasks))))
     chosen = [tasks[t] for t in shown]
     with normalizer.frozen_statistics():
         before, after = (
-            rollout_episodes(env_cfg, chosen, policy, select_tasks(p, shown), normalizer, seed)
+            rollout_episodes(
+                env_cfg,
+                chosen,
+                policy,
+                select_tasks(p, shown),
+                normalizer,
+                seed,
+                envs_per_task=envs_per_task,
+            )
             for p in (policies[0], policies[-1])
         )
     return plot_trajectories(before, after, path, title)

@@ -286,3 +286,29 @@ def test_fast_step_falls_back_to_eager_when_compile_fails(monkeypatch) -> None:
     assert not step.enabled
     expected = clocked_env_step(state, action, elapsed, 500, task, PointDynamics())
     assert all(torch.equal(a, b) for a, b in zip(out, expected, strict=True))
+
+
+def test_one_compiled_step_serves_any_number_of_tasks(monkeypatch) -> None:
+    """The step compiles with the number of tasks as a dynamic size: training's and
+    evaluation's task counts (same envs per task) share one kernel, and its numbers for
+    the second count are the eager step's."""
+    from stochastic_circle import torch_backend
+
+    monkeypatch.setattr(torch_backend, "DYNAMIC_TASKS", True)
+    step = torch_backend.FastEnvStep()
+    step.enabled = True  # (whatever STOCHASTIC_CIRCLE_COMPILE says)
+    counters = torch._dynamo.utils.counters["stats"]
+    graphs_before = counters["unique_graphs"]
+    gen = torch.Generator().manual_seed(4)
+    for num_tasks in (3, 5):
+        tasks = [CircleTask(radius=1.0 + 0.1 * t, wall_distance=0.7) for t in range(num_tasks)]
+        per_task = vars(TaskTensors.from_tasks(tasks)).items()
+        task = TaskTensors(**{k: v.expand(num_tasks, 4).contiguous() for k, v in per_task})
+        state = torch.rand(num_tasks, 4, 6, generator=gen) - 0.5
+        action = torch.rand(num_tasks, 4, 2, generator=gen) * 2 - 1
+        elapsed = torch.zeros(num_tasks, 4, dtype=torch.long)
+        args = (state, action, elapsed, 500, task, PointDynamics())
+        for a, b in zip(step(*args), clocked_env_step(*args), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert step.enabled
+    assert counters["unique_graphs"] - graphs_before == 1

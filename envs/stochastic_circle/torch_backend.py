@@ -340,6 +340,10 @@ def fused_env_step(
 #: count before it steps eagerly.
 RECOMPILE_LIMIT: int = 64
 
+#: Compile the step with the number of tasks (dim 0) as a dynamic size from the first call
+#: (``STOCHASTIC_CIRCLE_DYNAMIC_TASKS=0``: static first, as dynamo does by default).
+DYNAMIC_TASKS: bool = os.environ.get("STOCHASTIC_CIRCLE_DYNAMIC_TASKS", "1") != "0"
+
 #: Elements per step from which the compiled step runs on all of torch's threads (below
 #: it, one thread, like torch's own elementwise kernels).
 PARALLEL_STEP_ELEMENTS: int = 4096
@@ -353,9 +357,11 @@ class FastEnvStep:
     :func:`clocked_env_step` (equal up to float rounding, e.g. vectorised vs scalar
     ``sin``). Inputs in :func:`channel_major` layout (as :class:`BatchedCircleEnv` keeps
     its state) are read with vector loads. No autograd: use :func:`physics_step` to
-    differentiate. Compiles on the first call per input shape/dtype (about 20 s on 2 cores,
-    a few seconds once inductor's disk cache holds the kernel; a second shape compiles once
-    more with dynamic sizes). If compiling fails it warns once and steps eagerly
+    differentiate. Compiles on the first call per dtype, with the number of tasks as a
+    dynamic size (:data:`DYNAMIC_TASKS`), so any number of tasks of the same envs per
+    task shares one kernel; another number of envs per task compiles once more (then with
+    both sizes dynamic). A compile takes tens of seconds on 2 cores, a few seconds once
+    inductor's disk cache holds the kernel. If compiling fails it warns once and steps eagerly
     (:func:`clocked_env_step`) from then on. ``STOCHASTIC_CIRCLE_COMPILE=0`` in the
     environment skips compiling altogether. Below :data:`PARALLEL_STEP_ELEMENTS` envs
     the kernel runs on one thread, as eager torch would, since an OpenMP kernel stalls
@@ -395,7 +401,13 @@ class FastEnvStep:
         if self.enabled:
             try:
                 parallel = elapsed.numel() >= PARALLEL_STEP_ELEMENTS and state.device.type == "cpu"
-                return self.compiled(torch.get_num_threads() if parallel else 1)(*args)
+                threads = torch.get_num_threads() if parallel else 1
+                if threads not in self._compiled and DYNAMIC_TASKS:
+                    # the first trace: one kernel for any number of tasks (training's 3,
+                    # evaluation's 20) instead of a static one and then a dynamic one
+                    for tensor in (state, action, elapsed, *vars(task).values()):
+                        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                return self.compiled(threads)(*args)
             except Exception as exc:  # any compiler failure: fall back to eager
                 self.enabled = False
                 reason = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -9,6 +9,7 @@ before and after each inner step. Overrides:
 * ``tasks=[[radius,wall_distance],...]`` explicit task parameters instead of sampling;
 * ``evaluation.policy=sample|fresh|mean``, ``evaluation.cost_discount=0.99``: what is
   measured after each step (the reference protocol: ``mean`` and ``0.99``);
+* ``evaluation.measure_episodes=N``: separate episodes per task of each measurement;
 * ``evaluation.step_check_tries=N``, ``meta.step_check_margin=M``: the measured step
   check of adaptation (default: as meta-trained);
 * ``evaluation.inner_cost_margin=M``: adaptation aims at ``J_C <= d - M`` (default: as
@@ -70,6 +71,8 @@ keys:
   evaluation.split=held_out|meta_train|fixed
   evaluation.policy=auto|sample|fresh|mean, evaluation.cost_discount=G
                                  what is measured after each step
+  evaluation.measure_episodes=N  separate episodes per task of each measurement (fresh,
+                                 mean; default: evaluation.envs_per_task)
   evaluation.step_check_tries=N, meta.step_check_shrink, meta.step_check_margin
                                  the measured step check of adaptation
   evaluation.inner_cost_margin=M adaptation aims at cost <= limit - M (default: as trained)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from meta_safe.checkpoint import load
     from meta_safe.evaluation import evaluate_meta_state, evaluation_tasks
     from meta_safe.trainer import MetaTrainer
-    from meta_safe.trajectories import adaptation_trajectories
+    from meta_safe.trajectories import adaptation_trajectories, figure_envs_per_task
 
     cli = parse(argv)
     state = load(cli.checkpoint)
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             report.policies, out / f"{stem}_trajectories.png", seed=cfg.evaluation.seed,
             title=f"{cfg.meta_optimizer.name}: mean-action episodes before and after "
             f"{len(report.policies) - 1} inner steps ({cfg.env.backend} backend)",
+            envs_per_task=figure_envs_per_task(cfg.env, cfg.evaluation.envs_per_task),
         )
     )  # fmt: skip
     dyna = cfg.dyna.name if cfg.dyna is not None else "none"

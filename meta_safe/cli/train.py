@@ -71,7 +71,7 @@ def run(cfg: DictConfig, run_dir: str) -> None:
     of ``evaluation.also_splits`` and print a table for each."""
     from meta_safe.evaluation import evaluate_meta_state
     from meta_safe.trainer import train
-    from meta_safe.trajectories import adaptation_trajectories
+    from meta_safe.trajectories import adaptation_trajectories, figure_envs_per_task
 
     trainer = train(cfg, run_dir)
     print(f"run directory: {run_dir}")
@@ -99,6 +99,7 @@ def run(cfg: DictConfig, run_dir: str) -> None:
             seed=cfg.evaluation.seed,
             title=f"{cfg.meta_optimizer.name} on {SPLIT_NAMES[split]}: mean-action episodes "
             f"before and after {cfg.evaluation.inner_steps} inner steps",
+            envs_per_task=figure_envs_per_task(cfg.env, cfg.evaluation.envs_per_task),
         )  # fmt: skip
 
 
