@@ -49,7 +49,8 @@ OUTER_COST_BATCHES = ("post", "pre", "every")
 EVALUATION_POLICIES = ("auto", "sample", "fresh", "mean")
 """What evaluation measures after each step: the adaptation's own batches (``sample``),
 separate episodes of the policy (``fresh``) or of its mean action (``mean``); ``auto``:
-``fresh`` under a step check, else ``sample`` (:mod:`meta_safe.evaluation`)."""
+``fresh`` under a step check or with ``evaluation.measure_episodes`` set, else ``sample``
+(:mod:`meta_safe.evaluation`)."""
 
 SPLITS = ("fixed", "meta_train", "held_out")
 SPLIT_NAMES = {
@@ -151,6 +152,7 @@ class EvaluationConfig:
     split: str = "held_out"  # fixed | meta_train | held_out
     also_splits: list[str] = field(default_factory=lambda: ["meta_train"])  # after training too
     policy: str = "auto"  # auto | sample (adaptation's batches) | fresh | mean (extra episodes)
+    measure_episodes: int | None = None  # fresh/mean: episodes per task; null: envs_per_task
     cost_discount: float = 1.0  # reported episode cost sum_t gamma^t c_t (reference: 0.99)
     step_check_tries: int | None = None  # the adaptation's step check; null: meta.step_check_tries
     inner_cost_margin: float | None = None  # adaptation aims at J_C <= d - margin; null: meta's
@@ -412,6 +414,18 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"evaluation.step_check_tries={tries!r} is invalid: must be >= 0 (or null)"
         )
+    episodes = merged.evaluation.measure_episodes
+    if episodes is not None:
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise ConfigError(
+                f"evaluation.measure_episodes={episodes!r} is invalid: must be an integer >= 1 "
+                "(or null: evaluation.envs_per_task)"
+            )
+        if merged.evaluation.policy == "sample":
+            raise ConfigError(
+                f"evaluation.measure_episodes={episodes!r} needs separate episodes: set "
+                "evaluation.policy=fresh or mean (or auto), not sample"
+            )
     margin = merged.evaluation.inner_cost_margin
     if margin is not None and not margin >= 0:
         raise ConfigError(

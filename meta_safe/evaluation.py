@@ -6,7 +6,8 @@ the limit. ``evaluation.policy`` says where they are measured: ``sample``, on th
 the stochastic policy collects for its next update; ``fresh``, on separate episodes of
 it, used for nothing else; ``mean``, on separate episodes of its mean action; ``auto``
 (the default), ``fresh`` under a step check (whose accepted batches passed a test on
-their own cost) and ``sample`` otherwise. ``evaluation.cost_discount < 1`` reports
+their own cost) or when ``evaluation.measure_episodes`` asks for a number of separate
+episodes, and ``sample`` otherwise. ``evaluation.cost_discount < 1`` reports
 discounted episode costs.
 """
 
@@ -173,6 +174,7 @@ def evaluate_adaptation(
     cost_discount: float = 1.0,
     step_check: StepCheck | None = None,
     inner_cost_margin: float = 0.0,
+    measure_episodes: int | None = None,
 ) -> AdaptationReport:
     """Adapt on ``tasks`` (all at once, first order: no meta-gradient is needed).
 
@@ -183,7 +185,10 @@ def evaluate_adaptation(
         each step, ``envs_per_task`` extra episodes of the policy, used for nothing else;
         ``mean``: the same with the mean action; ``auto``: ``fresh`` with a step check
         (its accepted batches passed a test on their own cost, so reporting them would be
-        biased low), else ``sample``.
+        biased low) or with ``measure_episodes`` given, else ``sample``.
+    :param measure_episodes: episodes per task of each separate measurement (``fresh``,
+        ``mean``); ``None``: ``envs_per_task``. More episodes estimate each policy's
+        expected cost more precisely; adaptation's own batches keep ``envs_per_task``.
     :param cost_discount: ``gamma`` of the reported episode cost ``sum_t gamma^t c_t``.
     :param step_check: the measured accept/reject test of each step (as meta-trained);
         the report counts its rejected candidates and their env steps.
@@ -192,6 +197,11 @@ def evaluate_adaptation(
     """
     if measure not in EVALUATION_POLICIES:
         raise ValueError(f"measure={measure!r} is unknown: valid are {EVALUATION_POLICIES}")
+    if measure_episodes is not None and (measure == "sample" or measure_episodes < 1):
+        raise ValueError(
+            f"measure_episodes={measure_episodes!r} needs measure fresh, mean or auto and "
+            "at least 1 episode"
+        )
     env = make_batched_env(env_cfg, tasks, envs_per_task, seed, track_states=dyna is not None)
     post_source = RealRollouts(env, steps_per_env, adv_cfg, env_cfg.episode_steps)
     source: InnerDataSource = post_source
@@ -219,11 +229,12 @@ def evaluate_adaptation(
             step_check=step_check,
         )
     if measure == "auto":
-        measure = "fresh" if step_check is not None else "sample"
+        separate = step_check is not None or measure_episodes is not None
+        measure = "fresh" if separate else "sample"
     measured: list[Batch] = result.batches
     if measure in ("mean", "fresh"):
         eval_env = make_batched_env(
-            env_cfg, tasks, envs_per_task, seed + SEPARATE_EPISODES_SEED_OFFSET
+            env_cfg, tasks, measure_episodes or envs_per_task, seed + SEPARATE_EPISODES_SEED_OFFSET
         )
         generator = seeded_generator(seed)
         with normalizer.frozen_statistics():
@@ -324,4 +335,5 @@ def evaluate_meta_state(
             cost_discount=ev.cost_discount,
             step_check=step_check_of(cfg, evaluation=True),
             inner_cost_margin=inner_cost_margin_of(cfg, evaluation=True),
+            measure_episodes=ev.get("measure_episodes"),
         )

@@ -42,11 +42,19 @@ from meta_safe.meta_optimizers import META_OPTIMIZERS
             "evaluation.policy='greedy' is invalid: valid choices are ['auto', 'sample', 'fresh', "
             "'mean']",
         ),
+        (
+            "evaluation.measure_episodes=0",
+            "evaluation.measure_episodes=0 is invalid: must be an integer >= 1",
+        ),
+        (
+            "evaluation.measure_episodes=32 evaluation.policy=sample",
+            "evaluation.measure_episodes=32 needs separate episodes: set evaluation.policy=fresh",
+        ),
     ],
 )
 def test_invalid_values_are_clear_errors(override: str, message: str) -> None:
     with pytest.raises(ValueError) as error:
-        tiny_cfg(override)
+        tiny_cfg(*override.split())
     assert message in str(error.value)
 
 

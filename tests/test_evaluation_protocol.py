@@ -82,3 +82,37 @@ def test_mean_policy_evaluation_reports_mean_action_episodes() -> None:
         torch.tensor(report.returns)[:, 0], batch.episode_return.float(), atol=1e-5
     )
     assert report.returns != sampled.returns
+
+
+def test_measure_episodes_sets_the_separate_episodes_per_task() -> None:
+    """``evaluation.measure_episodes=N`` measures each policy on ``N`` separate episodes
+    per task (``auto`` then means ``fresh``), while adaptation keeps its own batch size:
+    the k = 0 report equals an explicit collection of ``N`` stochastic episodes of the
+    meta-policy, and after one step it differs from the 2-episode measurement."""
+    from meta_safe import evaluate_meta_state, init_meta
+    from meta_safe.device import seeded_generator
+    from meta_safe.evaluation import SEPARATE_EPISODES_SEED_OFFSET, evaluation_tasks
+    from tests.tiny import tiny_cfg
+
+    overrides = ["evaluation.tasks=2", "evaluation.inner_steps=1", "evaluation.envs_per_task=2",
+                 "evaluation.steps_per_env=40", "evaluation.split=meta_train"]  # fmt: skip
+    cfg = tiny_cfg(*overrides, "evaluation.measure_episodes=5")
+    setup, state = init_meta(cfg)
+    report = evaluate_meta_state(setup, state, cfg)
+    fresh2 = evaluate_meta_state(setup, state, tiny_cfg(*overrides, "evaluation.policy=fresh"))
+    assert report.env_steps_per_step == fresh2.env_steps_per_step == 2 * 40
+    tasks = evaluation_tasks(cfg)
+    seed = cfg.evaluation.seed + SEPARATE_EPISODES_SEED_OFFSET
+    env = make_batched_env(cfg.env, tasks, 5, seed)
+    stacked = {k: v.detach().expand(len(tasks), *v.shape) for k, v in state.meta_params.items()}
+    with state.normalizer.frozen_statistics():
+        batch = collect(env, setup.policy, stacked, state.normalizer, 40,
+                        seeded_generator(cfg.evaluation.seed), True, seed=seed)  # fmt: skip
+    assert batch.obs.shape[1] == 5
+    assert torch.allclose(
+        torch.tensor(report.costs)[:, 0], discounted_episode_cost(batch, 1.0).float(), atol=1e-5
+    )
+    assert torch.allclose(
+        torch.tensor(report.returns)[:, 0], batch.episode_return.float(), atol=1e-5
+    )
+    assert report.returns[0][1] != fresh2.returns[0][1]
