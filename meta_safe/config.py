@@ -309,11 +309,32 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _with_group_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the keys its ``meta_optimizer`` and ``dyna`` options lack (options
+    that gained arguments since it was written) at today's defaults of the same option."""
+    from meta_safe.dyna.registry import DYNA_MODELS, dyna_schema
+    from meta_safe.meta_optimizers import META_OPTIMIZERS, config_schema
+
+    schemas = {
+        "meta_optimizer": (META_OPTIMIZERS, config_schema),
+        "dyna": (DYNA_MODELS, dyna_schema),
+    }
+    for group, (registry, schema) in schemas.items():
+        option = cfg.get(group)
+        if isinstance(option, dict) and option.get("name") in registry:
+            defaults = OmegaConf.to_container(OmegaConf.structured(schema(option["name"])))
+            cfg[group] = {**defaults, **option}
+    return cfg
+
+
 def resume_differences(saved: dict[str, Any], requested: DictConfig) -> dict[str, tuple]:
     """``key -> (saved value, requested value)`` for every key outside
     :data:`RESUME_MUTABLE` whose value differs. ``saved`` is a checkpoint's config
-    (validated here, so older configs are migrated and gain new keys' defaults)."""
-    before = _flatten(OmegaConf.to_container(validate(OmegaConf.create(saved))))
+    (validated here, so older configs are migrated and gain new keys' defaults, the
+    keys their ``meta_optimizer`` and ``dyna`` options gained since included)."""
+    before = _flatten(
+        _with_group_defaults(OmegaConf.to_container(validate(OmegaConf.create(saved))))
+    )
     after = _flatten(OmegaConf.to_container(requested))
     if after.get("meta.outer_step") == "auto":  # resolved by the rule when training starts
         after["meta.outer_step"] = before.get("meta.outer_step")

@@ -66,3 +66,21 @@ def test_diverged_iteration_stops_before_the_checkpoint(
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="resume=true but"):
         train(tiny_cfg("resume=true"), tmp_path / "empty")
+
+
+def test_a_run_from_before_a_rule_gained_a_setting_resumes() -> None:
+    """A checkpoint's rule config without a setting added since (here cpo_layer's
+    ``overshoot_model``) compares as that setting's default; a different value is still
+    named."""
+    from omegaconf import OmegaConf
+
+    from meta_safe.config import resume_differences
+
+    requested = tiny_cfg("meta_optimizer=cpo_layer", "meta.iterations=4")
+    saved = OmegaConf.to_container(tiny_cfg("meta_optimizer=cpo_layer", "meta.iterations=2"))
+    del saved["meta_optimizer"]["overshoot_model"]
+    assert resume_differences(saved, requested) == {}
+    saved["meta_optimizer"]["overshoot_model"] = "step_length"
+    assert resume_differences(saved, requested) == {
+        "meta_optimizer.overshoot_model": ("step_length", "constant")
+    }
