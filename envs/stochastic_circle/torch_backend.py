@@ -357,10 +357,10 @@ class FastEnvStep:
     :func:`clocked_env_step` (equal up to float rounding, e.g. vectorised vs scalar
     ``sin``). Inputs in :func:`channel_major` layout (as :class:`BatchedCircleEnv` keeps
     its state) are read with vector loads. No autograd: use :func:`physics_step` to
-    differentiate. Compiles on the first call per dtype, with the number of tasks as a
-    dynamic size (:data:`DYNAMIC_TASKS`), so any number of tasks of the same envs per
-    task shares one kernel; another number of envs per task compiles once more (then with
-    both sizes dynamic). A compile takes tens of seconds on 2 cores, a few seconds once
+    differentiate. Its first compile treats the number of tasks as a dynamic size
+    (:data:`DYNAMIC_TASKS`), so any number of tasks of the same envs per task shares one
+    kernel; another number of envs per task, a single task or another dtype compiles once
+    more. A compile takes tens of seconds on 2 cores, a few seconds once
     inductor's disk cache holds the kernel. If compiling fails it warns once and steps eagerly
     (:func:`clocked_env_step`) from then on. ``STOCHASTIC_CIRCLE_COMPILE=0`` in the
     environment skips compiling altogether. Below :data:`PARALLEL_STEP_ELEMENTS` envs
