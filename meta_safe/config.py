@@ -437,7 +437,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         )
     episodes = merged.evaluation.measure_episodes
     if episodes is not None:
-        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        if episodes < 1:  # (the schema already refuses anything but an integer)
             raise ConfigError(
                 f"evaluation.measure_episodes={episodes!r} is invalid: must be an integer >= 1 "
                 "(or null: evaluation.envs_per_task)"

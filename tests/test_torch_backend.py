@@ -302,8 +302,7 @@ def test_one_compiled_step_serves_any_number_of_tasks(monkeypatch) -> None:
     gen = torch.Generator().manual_seed(4)
     for num_tasks in (3, 5):
         tasks = [CircleTask(radius=1.0 + 0.1 * t, wall_distance=0.7) for t in range(num_tasks)]
-        per_task = vars(TaskTensors.from_tasks(tasks)).items()
-        task = TaskTensors(**{k: v.expand(num_tasks, 4).contiguous() for k, v in per_task})
+        task = BatchedCircleEnv(tasks, num_envs=4).env_task_tensors  # [tasks, envs] each
         state = torch.rand(num_tasks, 4, 6, generator=gen) - 0.5
         action = torch.rand(num_tasks, 4, 2, generator=gen) * 2 - 1
         elapsed = torch.zeros(num_tasks, 4, dtype=torch.long)
