@@ -37,9 +37,10 @@ OUTER_STEPS = ("auto", "cpo", "trpo")
 """Outer step on ``theta_0``: ``cpo`` constrains the post-adaptation cost, ``trpo`` ignores
 it, ``auto`` picks ``trpo`` for a meta-optimizer that ignores cost and ``cpo`` otherwise."""
 
-OUTER_CONSTRAINTS = ("mean", "worst", "cvar")
+OUTER_CONSTRAINTS = ("mean", "worst", "cvar", "worst_step")
 """How the outer step combines the tasks' cost constraints: their mean,
-the worst task's, or the mean of the costliest ``meta.outer_cvar_fraction`` of them
+the worst task's, the mean of the costliest ``meta.outer_cvar_fraction`` of them, or the
+mean over tasks of the costliest inner step ``k`` (with ``meta.outer_cost_batches=every``)
 (:func:`meta_safe.outer_constraint.outer_constraint_weights`)."""
 OUTER_COST_BATCHES = ("post", "pre", "every")
 """Which costs the outer constraint covers: each task's after adapting, before adapting
@@ -126,7 +127,7 @@ class MetaConfig:
     outer_damping: float = 0.1  # Fisher damping of the outer step
     outer_cg_iters: int = 10  # conjugate-gradient iterations of the outer step
     outer_fisher_stride: int = 5  # the outer Fisher is averaged over every k-th sample
-    outer_constraint: str = "mean"  # mean | worst | cvar: how the outer step combines tasks' costs
+    outer_constraint: str = "mean"  # mean | worst | cvar | worst_step: how tasks' costs combine
     outer_cost_batches: str = "every"  # post | pre | every: whose costs the outer step constrains
     outer_cvar_fraction: float = 0.5  # cvar: share of tasks (the costliest) the constraint averages
     outer_cost_margin: float = 8.0  # the outer step targets J_C <= d - margin (d = 10: J_C <= 2)

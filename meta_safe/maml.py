@@ -16,7 +16,8 @@ One meta-iteration, :func:`meta_step`, top to bottom:
 7. outer step on ``theta_0`` with the Fisher of the *pre-adaptation* policy: the CPO step
    under the linearised cost constraint: the post-adaptation cost (or, with
    ``meta.outer_cost_batches``, the meta-policy's own or that of every step) of the
-   tasks combined by ``meta.outer_constraint`` (their mean, the worst, or a CVaR) and
+   tasks combined by ``meta.outer_constraint`` (their mean, the worst, a CVaR, or the
+   mean of the costliest step) and
    tightened by ``meta.outer_cost_margin``; or, for a meta-optimizer that
    ignores cost (Meta-TRPO), the unconstrained natural-gradient step; then the checks
    that the new state is finite, the normaliser update and (Dyna) the model fit.
@@ -385,6 +386,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
             b, outer_margin = outer_cost_constraint(
                 costs, margins, meta, meta_cfg.outer_constraint,
                 meta_cfg.outer_cvar_fraction, meta_cfg.outer_cost_margin, retain_graph=learnable,
+                num_tasks=margin.shape[0],
             )  # fmt: skip
         # 6. the learnable meta-optimizer's own step
         rule_grad_norm = 0.0

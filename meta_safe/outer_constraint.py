@@ -3,7 +3,7 @@
 The outer CPO step on ``theta_0`` takes one linearised constraint ``b^T x + c <= 0``.
 :func:`constrained_costs` picks the costs it covers (after adapting, before, or after
 every step), :func:`outer_constraint_weights` combines the tasks' (mean, worst task,
-CVaR) and :func:`outer_cost_constraint` builds ``b`` and ``c`` with a margin.
+CVaR, costliest step) and :func:`outer_cost_constraint` builds ``b`` and ``c`` with a margin.
 :func:`measured_line_search` backtracks the resulting step on the meta-policy's
 measured cost. The choice of defaults and its evidence are in ``docs/design.md``.
 """
@@ -25,28 +25,44 @@ from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params
 from meta_safe.rl.rollout import collect
 
 
-def outer_constraint_weights(margin: Tensor, aggregate: str, cvar_fraction: float) -> Tensor:
-    """Weights ``w [T]`` (summing to 1) that turn per-task post-adaptation constraints
-    into the outer step's one constraint ``sum_t w_t (J_C,t - d + b_t^T x) <= 0``.
+def outer_constraint_weights(
+    margin: Tensor, aggregate: str, cvar_fraction: float, num_tasks: int | None = None
+) -> Tensor:
+    """Weights ``w [N]`` (summing to 1) that turn per-task constraints into the outer
+    step's one constraint ``sum_n w_n (J_C,n - d + b_n^T x) <= 0``.
 
-    ``mean``: ``1 / T`` each (the cost averaged over tasks). ``worst``: all weight on the
-    task whose measured margin ``J_C,t - d`` is largest. ``cvar``: equal weight on the
-    ``ceil(cvar_fraction * T)`` tasks with the largest margins (the conditional value at
-    risk of the per-task cost). Ties go to the lower task index.
+    ``mean``: ``1 / N`` each (the cost averaged over all entries). ``worst``: all weight
+    on the entry whose measured margin ``J_C,n - d`` is largest. ``cvar``: equal weight
+    on the ``ceil(cvar_fraction * N)`` entries with the largest margins (the conditional
+    value at risk of the per-task cost). ``worst_step``: the entries are ``G`` groups of
+    ``num_tasks`` (step-major, as :func:`constrained_costs` returns them), and weight
+    ``1 / num_tasks`` goes to each task of the group whose mean margin is largest: the
+    costliest inner step ``k``, averaged over tasks (with one group, the mean). Ties go
+    to the lower index.
 
-    :param margin: ``[T]`` measured ``J_C,t - d`` (only its order matters, no gradient).
+    :param margin: ``[N]`` measured ``J_C,n - d`` (only its order matters, no gradient).
+    :param num_tasks: tasks per group for ``worst_step`` (default ``N``: one group).
     """
-    num_tasks = margin.shape[0]
+    size = margin.shape[0]
     if aggregate == "mean":
-        return torch.full((num_tasks,), 1.0 / num_tasks, dtype=margin.dtype)
+        return torch.full((size,), 1.0 / size, dtype=margin.dtype)
+    if aggregate == "worst_step":
+        per_group = size if num_tasks is None else num_tasks
+        if per_group < 1 or size % per_group:
+            raise ValueError(f"{size} margins do not split into groups of {per_group} tasks")
+        group_means = margin.detach().reshape(-1, per_group).mean(dim=1)
+        worst = int(torch.argmax(group_means))  # the first of equal maxima
+        weights = torch.zeros(size, dtype=margin.dtype)
+        weights[worst * per_group : (worst + 1) * per_group] = 1.0 / per_group
+        return weights
     if aggregate == "worst":
         count = 1
     elif aggregate == "cvar":
-        count = max(1, math.ceil(cvar_fraction * num_tasks - 1e-9))
+        count = max(1, math.ceil(cvar_fraction * size - 1e-9))
     else:
         raise ValueError(f"outer constraint {aggregate!r} is unknown: valid {OUTER_CONSTRAINTS}")
     order = torch.sort(margin.detach(), descending=True, stable=True).indices[:count]
-    weights = torch.zeros(num_tasks, dtype=margin.dtype)
+    weights = torch.zeros(size, dtype=margin.dtype)
     weights[order] = 1.0 / count
     return weights
 
@@ -94,6 +110,7 @@ def outer_cost_constraint(
     cvar_fraction: float,
     cost_margin: float,
     retain_graph: bool,
+    num_tasks: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The outer step's linearised cost constraint ``b^T x + c <= 0`` on ``theta_0``.
 
@@ -101,14 +118,17 @@ def outer_cost_constraint(
     with the weights of :func:`outer_constraint_weights` (``mean``: the gradient of
     ``mean(L_C)`` and the mean margin, exactly as without weights).
 
-    :param cost_sur, margin: ``[T]`` post-adaptation cost surrogates (in the graph of
-        ``meta_params``) and measured margins ``J_C,t - d``.
+    :param cost_sur, margin: ``[N]`` cost surrogates (in the graph of ``meta_params``)
+        and measured margins ``J_C,n - d``, e.g. ``N = (K + 1) T`` from
+        :func:`constrained_costs`.
+    :param num_tasks: ``T``, the group size of ``worst_step``.
     :return: ``(b [P], c [])``.
     """
     if aggregate == "mean":
         b = flat_gradient(cost_sur.mean(), meta_params, retain_graph=retain_graph)
         return b, margin.mean() + cost_margin
-    weights = outer_constraint_weights(margin, aggregate, cvar_fraction).to(cost_sur.dtype)
+    weights = outer_constraint_weights(margin, aggregate, cvar_fraction, num_tasks)
+    weights = weights.to(cost_sur.dtype)
     b = flat_gradient((weights * cost_sur).sum(), meta_params, retain_graph=retain_graph)
     return b, (weights * margin).sum() + cost_margin
 

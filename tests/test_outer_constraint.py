@@ -26,6 +26,25 @@ def test_weights_select_the_costliest_tasks() -> None:
         outer_constraint_weights(margin, "median", 0.5)
 
 
+def test_worst_step_weights_the_costliest_step_over_its_tasks() -> None:
+    """Step-major margins of 3 steps x 2 tasks: the step whose mean margin is largest
+    (step 1: mean 2.5, though step 2 holds the single largest margin 6) gets 1/2 on each
+    of its tasks; with one group it is the mean; a size that does not split is refused."""
+    margin = torch.tensor([-3.0, -1.0, 4.0, 1.0, 6.0, -5.0])
+    weights = outer_constraint_weights(margin, "worst_step", 0.5, num_tasks=2)
+    assert weights.tolist() == [0.0, 0.0, 0.5, 0.5, 0.0, 0.0]
+    assert torch.allclose(
+        outer_constraint_weights(margin, "worst_step", 0.5),
+        outer_constraint_weights(margin, "mean", 0.5),
+    )
+    tied = torch.tensor([1.0, 1.0, 2.0, 0.0])  # both steps' means are 1: the first
+    assert outer_constraint_weights(tied, "worst_step", 0.5, num_tasks=2).tolist() == [
+        0.5, 0.5, 0.0, 0.0,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="groups of 4"):
+        outer_constraint_weights(margin, "worst_step", 0.5, num_tasks=4)
+
+
 def _task_costs() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Three differentiable per-task cost surrogates of a two-tensor parameter dict."""
     torch.manual_seed(0)
@@ -63,6 +82,21 @@ def test_outer_constraint_equals_the_explicit_one(aggregate: str) -> None:
     assert torch.allclose(b, expected_b)
     assert torch.allclose(c, expected_c)
     assert not torch.allclose(b, flat_gradient(cost_sur[1], params, retain_graph=True))
+
+
+def test_worst_step_constraint_equals_the_explicit_one() -> None:
+    """Six costs read as 2 steps x 3 tasks: ``b`` and ``c`` are the gradient and margin
+    of the mean over the 3 tasks of the step with the larger mean margin (step 1)."""
+    params, first = _task_costs()
+    cost_sur = torch.cat([first, 2.0 * first + params["b"].sum()])
+    margin = torch.tensor([4.0, -2.0, 7.0, 1.0, 5.0, 6.0], dtype=torch.float64)
+    b, c = outer_cost_constraint(
+        cost_sur, margin, params, "worst_step", 0.5, 1.5, retain_graph=True, num_tasks=3
+    )
+    expected_b = flat_gradient(cost_sur[3:].mean(), params, retain_graph=True)
+    assert torch.allclose(b, expected_b)
+    assert torch.allclose(c, margin[3:].mean() + 1.5)
+    assert not torch.allclose(b, flat_gradient(cost_sur.mean(), params, retain_graph=True))
 
 
 def _adaptation(num_tasks: int = 2, inner_steps: int = 2):
