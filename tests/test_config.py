@@ -32,7 +32,8 @@ from meta_safe.meta_optimizers import META_OPTIMIZERS
         ("meta.learned_rule_lr=-1", "meta.learned_rule_lr=-1.0 is invalid: must be > 0"),
         (
             "meta.outer_constraint=max",
-            "meta.outer_constraint='max' is invalid: valid choices are ['mean', 'worst', 'cvar', 'worst_step']",
+            "meta.outer_constraint='max' is invalid: valid choices are "
+            "['mean', 'worst', 'cvar', 'worst_step']",
         ),
         ("meta.outer_cvar_fraction=0", "meta.outer_cvar_fraction=0.0 is invalid: must lie in"),
         ("meta.outer_cost_margin=-1", "meta.outer_cost_margin=-1.0 is invalid: must be >= 0"),
