@@ -25,7 +25,7 @@ import torch
 from meta_safe.cli.errors import ArgumentParser, run_cli
 from meta_safe.config import compose_config
 from meta_safe.evaluation import AdaptationReport, evaluation_tasks
-from meta_safe.maml import probe_obs_dim
+from meta_safe.maml import inner_cost_margin_of, probe_obs_dim
 from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.rl.policy import GaussianPolicy
 from meta_safe.rl.surrogate import AdvantageConfig
@@ -66,6 +66,7 @@ def main() -> None:
                 AdvantageConfig(**cfg.advantage),
                 seed=ev.seed + 1000 * seed + index,
                 critic_cfg=cfg.critic,
+                cost_margin=inner_cost_margin_of(cfg, evaluation=True),
             )
             returns.append(result.returns)
             costs.append(result.costs)

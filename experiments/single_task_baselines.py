@@ -23,7 +23,7 @@ import torch
 from meta_safe.cli.errors import ArgumentParser, run_cli
 from meta_safe.config import compose_config
 from meta_safe.env_factory import task_distribution
-from meta_safe.maml import probe_obs_dim, step_check_of
+from meta_safe.maml import inner_cost_margin_of, probe_obs_dim, step_check_of
 from meta_safe.meta_optimizers import build_meta_optimizer
 from meta_safe.rl.policy import GaussianPolicy
 from meta_safe.rl.surrogate import AdvantageConfig
@@ -79,6 +79,7 @@ def main() -> None:
                 seed,
                 critic_cfg=cfg.critic,
                 step_check=step_check_of(cfg),
+                cost_margin=inner_cost_margin_of(cfg),
             )
             results.append(result)
             curves[(name, seed)] = result

@@ -52,6 +52,7 @@ def train_single_task(
     normalizer: ObsNormalizer | None = None,
     critic_cfg: Any = None,
     step_check: StepCheck | None = None,
+    cost_margin: float = 0.0,
 ) -> SingleTaskResult:
     """Train ``policy`` on ``task`` for ``iterations`` updates of ``rule``.
 
@@ -61,14 +62,18 @@ def train_single_task(
         cost critic over all batches (default: per-batch linear values).
     :param step_check: accept/reject each update on the measured cost of the batch the
         updated policy collects (:mod:`meta_safe.step_check`); retries count as env steps.
+    :param cost_margin: the rule aims at ``J_C <= cost_limit - cost_margin``, as the inner
+        rule of meta-training and adaptation does with ``meta.inner_cost_margin``.
     """
     if iterations < 1:
         raise ValueError(f"iterations={iterations} is invalid: must be >= 1")
+    if cost_margin < 0:
+        raise ValueError(f"cost_margin={cost_margin} is invalid: must be >= 0")
     env = make_batched_env(env_cfg, [task], envs, seed)
     normalizer = normalizer if normalizer is not None else ObsNormalizer(policy.obs_dim)
     params = {k: v.detach().clone() for k, v in (params or policy.init_params()).items()}
     state = rule.init_state(1, dtype=next(iter(params.values())).dtype)
-    ctx = InnerContext(cost_limit=env_cfg.cost_limit, create_graph=False)
+    ctx = InnerContext(cost_limit=env_cfg.cost_limit - cost_margin, create_graph=False)
     generator = seeded_generator(seed)
     critics = {}
     if critic_cfg is not None and critic_cfg.cost == "mlp":
