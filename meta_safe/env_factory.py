@@ -18,12 +18,16 @@ def make_batched_env(
     num_envs: int,
     seed: int,
     track_states: bool = False,
+    fused_rollout: bool = False,
 ) -> BatchedEnv:
     """Torch or MuJoCo backend as ``env_cfg.backend`` says; same interface either way.
     Its tensors live on :func:`~meta_safe.device.current_device`.
 
     :param track_states: the env exposes planar states (``state``, ``final_state``) for
         the batches (Dyna needs them); the torch backend always does.
+    :param fused_rollout: on the torch backend, collections run the stretches between
+        episode ends as one compiled program (see :mod:`meta_safe.rl.fused_rollout`): for
+        envs collected from many times at one shape, as in meta-training.
     """
     backend = env_cfg.backend
     common = {
@@ -35,7 +39,7 @@ def make_batched_env(
     if backend == "torch":
         from stochastic_circle.torch_backend import BatchedCircleEnv
 
-        return BatchedCircleEnv(list(tasks), num_envs, **common)
+        return BatchedCircleEnv(list(tasks), num_envs, fused_rollout=fused_rollout, **common)
     if backend == "mujoco":
         from stochastic_circle.mujoco_batched import MujocoBatchedEnv
 

@@ -355,6 +355,7 @@ def meta_step(setup: MetaSetup, state: MetaState) -> tuple[MetaState, dict[str, 
         meta_cfg.envs_per_task,
         iteration_seed(cfg.seed, i, 1),
         track_states=state.dyna is not None,  # the model learns from the post batch too
+        fused_rollout=cfg.runtime.fused_rollout,
     )
     post_source = RealRollouts(env, meta_cfg.steps_per_env, setup.adv_cfg, cfg.env.episode_steps)
     source = inner_source(setup, state.dyna, tasks, post_source, iteration_seed(cfg.seed, i, 1))

@@ -13,3 +13,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _deterministic_torch() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _stepwise_rollouts(monkeypatch) -> None:
+    """Collections step one by one: compiling the fused rollout takes tens of seconds per
+    batch shape, and the suite's many shapes would each pay it. Its own tests
+    (``test_fused_rollout.py``) build their own compiled runner."""
+    from meta_safe.rl import fused_rollout
+
+    monkeypatch.setattr(fused_rollout.fused_rollout, "enabled", False)

@@ -437,6 +437,9 @@ class BatchedCircleEnv:
     :param placement: half-width of the square the agent starts in (0.2 as Meta-CPO).
     :param fast: step with the compiled kernel :data:`fast_env_step` (same numbers up to
         float rounding, ~10x faster at small batches); False steps eagerly.
+    :param fused_rollout: collectors may run whole stretches of steps between episode
+        ends as one compiled program of policy and env (:meth:`resume` hands the state
+        back); worth its compile time for an env collected from many times.
     """
 
     def __init__(
@@ -450,6 +453,7 @@ class BatchedCircleEnv:
         episode_steps: int = EPISODE_STEPS,
         model: PointDynamics | None = None,
         fast: bool = True,
+        fused_rollout: bool = False,
     ) -> None:
         if not tasks:
             raise ValueError("tasks is empty: give at least one CircleTask")
@@ -466,6 +470,7 @@ class BatchedCircleEnv:
         self.episode_steps = episode_steps
         self.model = model or PointDynamics()
         self.fast = fast
+        self.fused_rollout = fast and fused_rollout
         self.task_tensors = TaskTensors.from_tasks(self.tasks, dtype, self.device)
         shape = (self.num_tasks, num_envs)
         # Per-env copies of the task parameters: every tensor of a step is then [tasks, envs],
@@ -520,6 +525,14 @@ class BatchedCircleEnv:
     def set_state(self, state: Tensor) -> None:
         """Overwrite the planar state ``[tasks, envs, 6]`` (for tests and model rollouts)."""
         self.state = channel_major(state.to(self.dtype))
+
+    def resume(self, state: Tensor, obs: Tensor, elapsed: Tensor) -> None:
+        """Continue from where a compiled stretch of steps left off (no episode ended in
+        it): planar state ``[T, E, 6]``, observation ``[T, E, 28]``, clock ``[T, E]``."""
+        self.state = channel_major(state)
+        self.final_state = state
+        self.final_obs = self._obs = obs
+        self.elapsed = elapsed
 
     def _kernel_layout(self, action: Tensor) -> Tensor:
         """``action`` as the compiled step reads it fastest: channel-major from

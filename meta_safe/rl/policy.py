@@ -141,10 +141,14 @@ class ObsNormalizer(nn.Module):
         """Normalise ``obs [..., obs_dim]`` with the current statistics."""
         return self.affine(obs.dtype)(obs)
 
+    def statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(mean, std)``, each ``[obs_dim]`` in ``dtype``: what :meth:`affine` applies."""
+        return self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype)
+
     def affine(self, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
         """The normalisation with the current statistics, converted to ``dtype`` once:
         for loops that normalise many observations before the next :meth:`update`."""
-        mean, std = self.mean.to(dtype), (self.var + self.eps).sqrt().to(dtype)
+        mean, std = self.statistics(dtype)
         clip = self.clip
 
         def normalize(obs: Tensor) -> Tensor:

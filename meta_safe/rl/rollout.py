@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from meta_safe.optim.gauss_newton import activate, mlp_layout
+from meta_safe.rl.fused_rollout import fused_rollout
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_log_prob
 
 
@@ -184,26 +185,16 @@ def collect(
     T, E = env.num_tasks, env.num_envs
     raw_obs = env.reset(seed=seed)
     dtype = raw_obs.dtype
-    store: dict[str, list[Tensor]] = {
-        name: []
-        for name in (
-            "raw_obs",
-            "obs",
-            "next_obs",
-            "actions",
-            "rewards",
-            "costs",
-            "terminated",
-            "truncated",
-            "timestep",
-        )
-    }
+    names = [
+        "raw_obs", "obs", "next_obs", "actions", "rewards", "costs", "terminated",
+        "truncated", "timestep",
+    ]  # fmt: skip
     elapsed = torch.zeros(T, E, dtype=torch.long)
     # Envs that keep an episode clock (model envs start mid-episode) report it.
     clock = getattr(env, "elapsed", None)
     track_states = getattr(env, "state", None) is not None and hasattr(env, "final_state")
     if track_states:
-        store["states"], store["next_states"], store["next_raw_obs"] = [], [], []
+        names += ["states", "next_states", "next_raw_obs"]
     means = action_means(policy, params, per_task)
     action_dtype = params["log_std"].dtype  # the policy's: means and actions come out in it
     std = _std(params, per_task, action_dtype)
@@ -212,43 +203,66 @@ def collect(
     if deterministic:
         noise.zero_()
     noise = std * noise  # scaled once for the batch: the same products as step by step
-    raw_obs_seen, means_seen = [raw_obs], []
+    raw_obs_seen, means_seen = [raw_obs.unsqueeze(0)], []
     normalize = normalizer.affine(dtype)  # the statistics are fixed until the batch ends
-    for step in range(steps):
+    layout = mlp_layout(policy, {k: v[0] for k, v in params.items()} if per_task else params)
+    # every entry a chunk [T, E, n, ...] of n consecutive steps, concatenated at the end
+    chunks: dict[str, list[Tensor]] = {name: [] for name in names}
+    step = 0
+    while step < steps:
+        length = fused_rollout.segment_length(env, layout, steps - step)
+        if length:
+            mean_stat, std_stat = normalizer.statistics(dtype)
+            out = fused_rollout.run(
+                env, layout, params, per_task, raw_obs, mean_stat, std_stat,
+                normalizer.clip, noise[step : step + length],
+            )  # fmt: skip
+            if out is not None:
+                for name in names:
+                    chunks[name].append(out["next_obs" if name == "next_raw_obs" else name])
+                means_seen.append(out["means"])
+                raw_obs = out["next_obs"][:, :, -1]
+                raw_obs_seen.append(out["next_obs"].movedim(2, 0))
+                step += length
+                continue
         obs = normalize(raw_obs)
         with torch.no_grad():
             mean = means(obs)
             actions = mean + noise[step]
         timestep = env.elapsed.clone() if clock is not None else elapsed
         if track_states:
-            store["states"].append(env.state.clone())
+            chunks["states"].append(env.state.clone().unsqueeze(2))
         next_raw, reward, cost, terminated, truncated = env.step(actions)
         done = terminated | truncated
         # Where an episode ended, next_raw already starts a new one: keep the final obs.
         final_raw = torch.where(done.unsqueeze(-1), env.final_obs, next_raw)
-        store["raw_obs"].append(raw_obs)
-        store["obs"].append(obs)
-        store["next_obs"].append(final_raw)
-        store["actions"].append(actions)
-        means_seen.append(mean)
-        store["rewards"].append(reward)
-        store["costs"].append(cost)
-        store["terminated"].append(terminated)
-        store["truncated"].append(truncated)
-        store["timestep"].append(timestep)
+        for name, value in (
+            ("raw_obs", raw_obs),
+            ("obs", obs),
+            ("next_obs", final_raw),
+            ("actions", actions),
+            ("rewards", reward),
+            ("costs", cost),
+            ("terminated", terminated),
+            ("truncated", truncated),
+            ("timestep", timestep),
+        ):
+            chunks[name].append(value.unsqueeze(2))
+        means_seen.append(mean.unsqueeze(2))
         if track_states:
-            store["next_states"].append(env.final_state.clone())
-            store["next_raw_obs"].append(final_raw)
+            chunks["next_states"].append(env.final_state.clone().unsqueeze(2))
+            chunks["next_raw_obs"].append(final_raw.unsqueeze(2))
         if clock is None:
             elapsed = (elapsed + 1) * ~done
         raw_obs = next_raw
-        raw_obs_seen.append(next_raw)
-    batch = {k: torch.stack(v, dim=2) for k, v in store.items()}
+        raw_obs_seen.append(next_raw.unsqueeze(0))
+        step += 1
+    batch = {k: torch.cat(v, dim=2) for k, v in chunks.items()}
     # Whole-batch transforms instead of per-step ones: normalised next observations (with
     # the statistics the steps used, so before the update) and behaviour log-probs.
     batch["next_obs"] = normalizer(batch["next_obs"])
-    normalizer.update(torch.stack(raw_obs_seen))
-    means_all = torch.stack(means_seen, dim=2)
+    normalizer.update(torch.cat(raw_obs_seen))
+    means_all = torch.cat(means_seen, dim=2)
     batch["log_probs"] = gaussian_log_prob(means_all, std.unsqueeze(-2), batch["actions"])
     done = batch["terminated"] | batch["truncated"]
     sum_return, episodes = completed_episode_sums(batch["rewards"], done)
