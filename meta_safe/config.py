@@ -193,7 +193,7 @@ class RuntimeConfig:
     device: str = "cpu"  # cpu, cuda or cuda:N (policy, inner updates, meta-gradient, torch env)
     torch_threads: int = 1  # intra-op threads: 1 is fastest for these small ops
     # torch backend: meta-training runs each rollout as one compiled program of policy and
-    # env (a one-off compile of ~20-40 s per batch shape; pays off from ~50 meta-iterations)
+    # env (it compiles for 20-40 s per batch shape first; pays off from ~50 meta-iterations)
     fused_rollout: bool = False
     progress: bool = True  # live progress bar with return and cost
 
