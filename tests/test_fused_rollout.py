@@ -100,3 +100,32 @@ def test_a_policy_in_another_dtype_steps_one_by_one(monkeypatch) -> None:
     raw = env.reset(seed=0)
     out = runner.run(env, None, params, False, raw, raw[0, 0], raw[0, 0], 10.0, raw[..., :2])
     assert out is None and runner.enabled
+
+
+class EnvBuiltError(Exception):
+    """Raised once meta-training's env exists."""
+
+
+def test_the_option_reaches_meta_trainings_env(monkeypatch) -> None:
+    """``runtime.fused_rollout=true`` builds meta-training's env with the fused path on;
+    the default leaves it off."""
+    from meta_safe import maml
+    from meta_safe.config import compose_config
+    from meta_safe.env_factory import make_batched_env
+
+    built = []
+
+    def spy(*args, **kwargs):
+        env = make_batched_env(*args, **kwargs)
+        built.append(env.fused_rollout)
+        raise EnvBuiltError  # (stop before any collection)
+
+    for value in (None, "true", "false"):
+        overrides = ["runtime.progress=false"] + (
+            [] if value is None else [f"runtime.fused_rollout={value}"]
+        )
+        setup, state = maml.init_meta(compose_config(overrides))
+        with monkeypatch.context() as patched, pytest.raises(EnvBuiltError):
+            patched.setattr(maml, "make_batched_env", spy)
+            maml.meta_step(setup, state)
+    assert built == [False, True, False]

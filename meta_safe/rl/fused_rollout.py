@@ -159,7 +159,7 @@ class FusedRollout:
         args = (
             env.state.contiguous(), raw_obs.contiguous(), env.elapsed.clone(),
             noise.to(dtype).contiguous(), weights, biases, obs_mean, obs_std,
-            torch.tensor(clip, dtype=dtype), task_fields,
+            torch.tensor(clip, dtype=dtype, device=raw_obs.device), task_fields,
         )  # fmt: skip
         try:
             (state, last_raw, elapsed), outputs = self.program(
