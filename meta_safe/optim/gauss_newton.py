@@ -71,6 +71,17 @@ def mlp_layout(policy: GaussianPolicy, params: Params) -> MLPLayout | None:
     return MLPLayout(tuple(layers), activations.pop() if activations else "tanh", tuple(params))
 
 
+def batched_layers(layout: MLPLayout, params: Params) -> tuple[list[Tensor], list[Tensor]]:
+    """The per-task layers as ``torch.baddbmm`` operands, input to output: weights
+    ``[T, out, in] -> [T, in, out]`` and biases ``[T, out] -> [T, 1, out]`` (views).
+
+    :param params: per-task parameters, each tensor ``[T, ...]``.
+    """
+    weights = [params[w].transpose(1, 2) for w, _ in layout.layers]
+    biases = [params[b].unsqueeze(1) for _, b in layout.layers]
+    return weights, biases
+
+
 def activate(z: Tensor, kind: str) -> Tensor:
     """The activation ``kind`` of :class:`MLPLayout` applied to ``z``."""
     if kind == "tanh":

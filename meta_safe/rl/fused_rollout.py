@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from meta_safe.optim.gauss_newton import MLPLayout, activate
+from meta_safe.optim.gauss_newton import MLPLayout, activate, batched_layers
 from meta_safe.rl.policy import Params
 
 #: Shortest segment worth a compiled program (shorter stretches step one by one).
@@ -146,14 +146,10 @@ class FusedRollout:
         """
         if params["log_std"].dtype != raw_obs.dtype:
             return None  # (a policy in another dtype than the env's: step one by one)
-        tasks = env.num_tasks
-        weights, biases = [], []
-        for weight_name, bias_name in layout.layers:
-            weight, bias = params[weight_name], params[bias_name]
-            if not per_task:
-                weight, bias = weight.expand(tasks, *weight.shape), bias.expand(tasks, *bias.shape)
-            weights.append(weight.transpose(1, 2).contiguous())
-            biases.append(bias.unsqueeze(1).contiguous())
+        if not per_task:  # one policy for all tasks: the same layers for each
+            params = {k: v.expand(env.num_tasks, *v.shape) for k, v in params.items()}
+        weights, biases = batched_layers(layout, params)
+        weights, biases = [w.contiguous() for w in weights], [b.contiguous() for b in biases]
         task_fields = [getattr(env.env_task_tensors, f.name) for f in fields(env.env_task_tensors)]
         dtype = raw_obs.dtype
         args = (

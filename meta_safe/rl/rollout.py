@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
-from meta_safe.optim.gauss_newton import activate, mlp_layout
+from meta_safe.optim.gauss_newton import MLPLayout, activate, batched_layers, mlp_layout
 from meta_safe.rl.fused_rollout import fused_rollout
 from meta_safe.rl.policy import GaussianPolicy, ObsNormalizer, Params, gaussian_log_prob
 
@@ -106,6 +106,12 @@ def behaviour_params(params: list[Params]) -> Params:
     return stack_params([{n: v.detach() for n, v in p.items()} for p in params])
 
 
+def policy_layout(policy: GaussianPolicy, params: Params, per_task: bool) -> MLPLayout | None:
+    """:func:`mlp_layout` of ``policy`` for parameters that are ``[T, ...]`` per task with
+    ``per_task`` (the layout of one task's), else as given."""
+    return mlp_layout(policy, {k: v[0] for k, v in params.items()} if per_task else params)
+
+
 def action_means(
     policy: GaussianPolicy, params: Params, per_task: bool
 ) -> Callable[[Tensor], Tensor]:
@@ -117,17 +123,16 @@ def action_means(
 
     :param params: policy parameters; with ``per_task`` each tensor is ``[T, ...]``.
     """
-    first = {k: v[0] for k, v in params.items()} if per_task else params
-    layout = mlp_layout(policy, first)
+    layout = policy_layout(policy, params, per_task)
     if layout is None:
         if per_task:
             return lambda obs: vmap(policy.distribution)(params, obs)[0]
         return lambda obs: policy.distribution(params, obs)[0]
-    weights = [params[w] for w, _ in layout.layers]
-    biases = [params[b] for _, b in layout.layers]
-    if per_task:  # [T, out, in] -> [T, in, out] once, biases [T, 1, out]
-        weights = [w.transpose(1, 2) for w in weights]
-        biases = [b.unsqueeze(1) for b in biases]
+    if per_task:  # [T, in, out] weights and [T, 1, out] biases, transposed once
+        weights, biases = batched_layers(layout, params)
+    else:
+        weights = [params[w] for w, _ in layout.layers]
+        biases = [params[b] for _, b in layout.layers]
     last = len(weights) - 1
 
     def mean(obs: Tensor) -> Tensor:
@@ -205,14 +210,14 @@ def collect(
     noise = std * noise  # scaled once for the batch: the same products as step by step
     raw_obs_seen, means_seen = [raw_obs.unsqueeze(0)], []
     normalize = normalizer.affine(dtype)  # the statistics are fixed until the batch ends
-    layout = mlp_layout(policy, {k: v[0] for k, v in params.items()} if per_task else params)
+    layout = policy_layout(policy, params, per_task)
+    mean_stat, std_stat = normalizer.statistics(dtype)  # (for fused segments)
     # every entry a chunk [T, E, n, ...] of n consecutive steps, concatenated at the end
     chunks: dict[str, list[Tensor]] = {name: [] for name in names}
     step = 0
     while step < steps:
         length = fused_rollout.segment_length(env, layout, steps - step)
         if length:
-            mean_stat, std_stat = normalizer.statistics(dtype)
             out = fused_rollout.run(
                 env, layout, params, per_task, raw_obs, mean_stat, std_stat,
                 normalizer.clip, noise[step : step + length],
