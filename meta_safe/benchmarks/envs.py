@@ -6,7 +6,9 @@ stock Safety-Gymnasium's model rebuild in ``reset`` is charged where it happens.
 Rows: stock ``SafetyPointCircle1-v0``; the physics alone (``mj_step`` + ``mj_forward``
 per env step on our env's compiled model, no resets: the limit any env on it can
 reach); our MuJoCo backend (1 env, SyncVectorEnv, AsyncVectorEnv, the batched env on 1
-and 2 stepping threads); the torch batched backend at 1, 64, 4096 and 16384 envs.
+and 2 stepping threads); the torch batched backend at 1, 64, 4096 and 16384 envs. A
+second table sets the batched MuJoCo env at the meta-training batch (3 tasks x 8 envs,
+Point and Car, 1 and 2 threads) against the physics alone on the same models and threads.
 
     meta-safe bench envs            # 4 episodes per env
     meta-safe bench envs --quick    # 1 episode per env, smaller batches
@@ -190,6 +192,106 @@ def bench_mujoco_batched(episodes: int, num_envs: int, threads: int, seed: int) 
     return Result(label, num_envs, episodes, steps, seconds)
 
 
+#: The meta-training batch of the reference configuration: 3 tasks x 8 envs.
+BATCH_TASKS, BATCH_ENVS = 3, 8
+
+
+@dataclass(frozen=True)
+class ShareRow:
+    """The batched MuJoCo env against the physics alone on the same models and threads."""
+
+    robot: str
+    threads: int
+    physics: Result
+    env: Result
+
+    @property
+    def share(self) -> float:
+        return self.env.steps_per_second / self.physics.steps_per_second
+
+
+def bench_batched_share(robot: str, threads: int, episodes: int, seed: int) -> ShareRow:
+    """The batched env at the meta-training batch, resets and tensor conversion included,
+    and the physics alone (controls, ``mj_step(nstep=...)``, ``mj_forward``) on its own
+    compiled models with the same threads; fastest of 3 alternated repetitions each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mujoco
+    import torch
+
+    from stochastic_circle.mujoco_backend import PHYSICS_STEPS_PER_ENV_STEP
+    from stochastic_circle.mujoco_batched import MujocoBatchedEnv
+
+    tasks = [CircleTask(robot=robot, radius=1.5, wall_distance=1.125)] * BATCH_TASKS
+    env = MujocoBatchedEnv(tasks, BATCH_ENVS, seed=seed, step_threads=threads)
+    count = BATCH_TASKS * BATCH_ENVS
+    generator = torch.Generator().manual_seed(seed)
+    actions = torch.rand(EPISODE_LENGTH, BATCH_TASKS, BATCH_ENVS, 2, generator=generator) * 2 - 1
+    controls = actions.double().numpy().reshape(EPISODE_LENGTH, count, 2)
+    models_datas = [(e.model, e.data) for row in env.envs for e in row]
+    slices = [models_datas[i::threads] for i in range(threads)]
+    pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+
+    def physics_slice(part: list, offset: int, control: np.ndarray) -> None:
+        for j, (model, data) in enumerate(part):
+            data.ctrl[:] = control[offset + j * threads]
+            mujoco.mj_step(model, data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
+            mujoco.mj_forward(model, data)
+
+    def physics() -> int:
+        for _ in range(episodes):
+            for control in controls:
+                parts = [
+                    pool.submit(physics_slice, slices[i], i, control) for i in range(1, threads)
+                ]
+                physics_slice(slices[0], 0, control)
+                for part in parts:
+                    part.result()
+        return episodes * EPISODE_LENGTH * count
+
+    def stepping() -> int:
+        env.reset(seed=seed)
+        for _ in range(episodes):
+            for action in actions:
+                env.step(action)
+        return episodes * EPISODE_LENGTH * count
+
+    env.reset(seed=seed)
+    runs: dict[str, list[float]] = {"physics": [], "env": []}
+    for _ in range(3):
+        runs["physics"].append(timed(physics)[1])
+        runs["env"].append(timed(stepping)[1])
+    env.close()
+    if pool is not None:
+        pool.shutdown()
+    steps = episodes * EPISODE_LENGTH * count
+    label = f"{threads} thread{'s' if threads > 1 else ''}"
+    return ShareRow(
+        robot,
+        threads,
+        Result(f"physics only, {label}", count, episodes, steps, min(runs["physics"])),
+        Result(f"ours MuJoCo batched, {label}", count, episodes, steps, min(runs["env"])),
+    )
+
+
+def share_table(rows: list[ShareRow]) -> str:
+    """The :func:`bench_batched_share` rows as a markdown table."""
+    lines = [
+        f"Batched MuJoCo env at the meta-training batch ({BATCH_TASKS} tasks x {BATCH_ENVS} "
+        "envs) against the physics alone on the same models and threads (fastest of 3 "
+        "alternated repetitions each)",
+        "",
+        "| robot | threads | physics only (steps/s) | batched env (steps/s) | share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.robot} | {r.threads} | {r.physics.steps_per_second:,.0f} | "
+            f"{r.env.steps_per_second:,.0f} | {r.share:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def bench_torch(episodes: int, num_envs: int, seed: int, device: str = "cpu") -> Result | None:
     """The torch batched backend (auto-resets) on ``device``; None when it is not
     installed yet."""
@@ -275,6 +377,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> None:
     )
     if any(r is None for r in torch_results):
         print("\ntorch backend: not available")
+    shares = [
+        bench_batched_share(robot, threads, episodes, args.seed)
+        for robot in ("point", "car")
+        for threads in (1, 2)
+    ]
+    print("\n" + share_table(shares))
     print("\n" + bench_resets(20 if args.quick else args.resets, args.seed))
 
 
