@@ -103,6 +103,14 @@ def test_grid_and_bench_subcommands(tmp_path: Path, capsys) -> None:
     status, out, err = command(["bench", "long-run", "--iterations", "30", *TINY], capsys)
     assert status == 0, err
     assert "last / first: time" in out and "slope per 100 iterations" in out
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    bench = ["bench", "first-result", "--cold-only", "--cache-dir", cache_dir()]
+    status, out, err = command([*bench, "meta.iterations=2", *TINY], capsys)
+    assert status == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("| given |"))
+    first_table, whole_run, first_iteration = (float(v) for v in row.split("|")[2:5])
+    assert 0 < first_iteration < first_table <= whole_run
 
 
 def test_the_api_acts_adapts_evaluates_and_rolls_out(grid: Path) -> None:

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "meta-iteration": "meta_safe.benchmarks.meta_iteration",
     "envs": "meta_safe.benchmarks.envs",
     "long-run": "meta_safe.benchmarks.long_run",
+    "first-result": "meta_safe.benchmarks.first_result",
 }
 
 SUBCOMMANDS = {
