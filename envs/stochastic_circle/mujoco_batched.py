@@ -40,14 +40,16 @@ class MujocoBatchedEnv:
     """``len(tasks)`` x ``num_envs`` MuJoCo circle envs with tensor in/out.
 
     Ended episodes reset automatically; :attr:`final_obs` holds the observation
-    each env ended on. Env ``(t, e)`` is seeded ``seed + t * num_envs + e``.
+    each env ended on. Env ``(t, e)`` is seeded ``seed + t * num_envs + e``. The member
+    envs (:attr:`envs`) are stepped through their ``mjData`` directly, so their own step
+    counters are not used; step them only through this class.
 
-    :param step_threads: threads that step disjoint slices of the envs; results do not
+    :param step_threads: threads that step disjoint blocks of the envs; results do not
         depend on it (each env has its own model, data and random generator).
     :param track_states: keep :attr:`state` (``[T, E, 6]`` planar state of every agent,
         after any auto-reset) and :attr:`final_state` (the state each step ended in,
         before any reset), as the torch backend does; both stay ``None`` otherwise.
-        Model-based data sources need them; they cost one velocity query per step.
+        Model-based data sources need them.
     """
 
     def __init__(
