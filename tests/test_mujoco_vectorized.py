@@ -103,6 +103,11 @@ def test_batched_steps_equal_single_env_steps(robot: str, threads: int) -> None:
                 total_cost += c
     assert total_cost > 0  # the cost comparison saw both values
     batched.close()
+    after_close = [x.clone() for x in batched.step(torch.from_numpy(actions[0]))]
+    for t, row in enumerate(singles):  # after close() every block still steps
+        for e, env in enumerate(row):
+            o, r, *_ = env.step_with_cost(actions[0, t, e])
+            np.testing.assert_allclose(after_close[0][t, e].numpy(), o, atol=1e-13)
 
 
 def test_step_before_reset_is_a_clear_error() -> None:

@@ -225,10 +225,16 @@ class MujocoBatchedEnv:
             "cost": np.empty(count),
             "state": np.empty((count, 6)) if self.track_states else np.empty(0),
         }
-        # The calling thread steps the first block of envs while the pool steps the others.
-        blocks = self._blocks
-        parts = [self._pool.submit(self._step_rows, rows, controls, out) for rows in blocks[1:]]
-        self._step_rows(blocks[0], controls, out)
+        # The calling thread steps the first block of envs while the pool steps the others
+        # (all of them itself once close() has stopped the pool).
+        first, *others = self._blocks
+        if self._pool is None:
+            parts = []
+            for rows in others:
+                self._step_rows(rows, controls, out)
+        else:
+            parts = [self._pool.submit(self._step_rows, rows, controls, out) for rows in others]
+        self._step_rows(first, controls, out)
         for done in parts:
             done.result()  # re-raises a worker's exception here
         final, reward, cost = out["obs"], out["reward"], out["cost"]
