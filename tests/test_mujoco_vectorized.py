@@ -114,3 +114,13 @@ def test_step_before_reset_is_a_clear_error() -> None:
     env = MujocoBatchedEnv([CircleTask()], num_envs=1)
     with pytest.raises(RuntimeError, match="call reset\\(\\) first"):
         env.step(torch.zeros(1, 1, 2))
+
+
+def test_share_benchmark_times_physics_and_env_on_the_same_steps() -> None:
+    from meta_safe.benchmarks.envs import bench_batched_share, share_table
+
+    row = bench_batched_share("point", threads=2, episodes=1, seed=0)
+    assert row.physics.env_steps == row.env.env_steps == 3 * 8 * 500
+    assert row.physics.num_envs == row.env.num_envs == 24
+    assert row.share == row.env.steps_per_second / row.physics.steps_per_second > 0
+    assert "| point | 2 |" in share_table([row])
