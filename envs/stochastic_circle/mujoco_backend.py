@@ -140,6 +140,15 @@ def planar_state_of(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
     return np.array([x, y, heading, velocity[3], velocity[4], velocity[2]])
 
 
+def advance_physics(model: mujoco.MjModel, data: mujoco.MjData) -> None:
+    """The physics of one env step, with the controls already in ``data.ctrl``:
+    ``mj_step`` x :data:`PHYSICS_STEPS_PER_ENV_STEP`, then ``mj_forward``. ``mj_step``
+    leaves sensors and kinematics at the pre-integration state; stock calls
+    ``mj_forward`` once more to read them at the new state. Both calls release the GIL."""
+    mujoco.mj_step(model, data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
+    mujoco.mj_forward(model, data)
+
+
 def sim_state_of(model: mujoco.MjModel, data: mujoco.MjData) -> dict[str, np.ndarray]:
     """Copy of everything that determines a circle world's future given the actions.
 
@@ -446,10 +455,7 @@ class MujocoCircleEnv(gymnasium.Env):
         if action.shape != (2,):
             raise ValueError(f"action shape {action.shape} is invalid: expected (2,)")
         self.data.ctrl[:] = np.minimum(np.maximum(action, self._ctrl_low), self._ctrl_high)
-        mujoco.mj_step(self.model, self.data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
-        # mj_step leaves sensors and kinematics at the pre-integration state; stock
-        # calls mj_forward once more to read them at the new state.
-        mujoco.mj_forward(self.model, self.data)
+        advance_physics(self.model, self.data)
         self._elapsed_steps += 1
         reward, cost = self._reward(), self._cost()
         truncated = self._elapsed_steps >= self.episode_steps

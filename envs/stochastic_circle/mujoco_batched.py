@@ -15,16 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import mujoco
 import numpy as np
 import torch
 from torch import Tensor
 
-from stochastic_circle.mujoco_backend import (
-    PHYSICS_STEPS_PER_ENV_STEP,
-    MujocoCircleEnv,
-    planar_state_of,
-)
+from stochastic_circle.mujoco_backend import MujocoCircleEnv, advance_physics, planar_state_of
 from stochastic_circle.mujoco_vectorized import (
     body_velocity,
     circle_lidar,
@@ -177,7 +172,9 @@ class MujocoBatchedEnv:
         com = np.concatenate(self._com_views[rows]).reshape(count, 3)
         return sensordata, position, xmat, body_velocity(cvel, position, com)
 
-    def _observe(self, sensordata: np.ndarray, position: np.ndarray, xmat: np.ndarray):
+    def _observe(
+        self, sensordata: np.ndarray, position: np.ndarray, xmat: np.ndarray
+    ) -> np.ndarray:
         """Stock observations ``[n, obs_dim]`` from :meth:`_gather`'s arrays."""
         blocks = [sensordata[:, self._sensor_columns]]
         blocks += [quat_to_rotation(sensordata[:, s]) for s in self._ballquat_slices]
@@ -192,9 +189,7 @@ class MujocoBatchedEnv:
         for i in range(rows.start, rows.stop):
             model, data, ctrl = physics[i]
             ctrl[:] = controls[i]
-            mujoco.mj_step(model, data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
-            # Stock reads sensors and kinematics at the new state, after one more forward.
-            mujoco.mj_forward(model, data)
+            advance_physics(model, data)
         sensordata, position, xmat, velocity = self._gather(rows)
         out["obs"][rows] = self._observe(sensordata, position, xmat)
         out["reward"][rows] = circle_reward(position, velocity, self._radius[rows])

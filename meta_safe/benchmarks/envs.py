@@ -149,9 +149,7 @@ def bench_raw_physics(episodes: int, seed: int) -> Result:
     """What one env step costs in MuJoCo alone on our env's compiled model: the same
     ``mj_step(nstep=...)`` and ``mj_forward`` as :meth:`MujocoCircleEnv.step_with_cost`,
     without observation, reward, cost or resets."""
-    import mujoco
-
-    from stochastic_circle.mujoco_backend import PHYSICS_STEPS_PER_ENV_STEP
+    from stochastic_circle.mujoco_backend import advance_physics
 
     env = MujocoCircleEnv(TASK, seed=seed)
     env.reset(seed=seed)
@@ -162,8 +160,7 @@ def bench_raw_physics(episodes: int, seed: int) -> Result:
         for _ in range(episodes):
             for action in acts:
                 data.ctrl[:] = action
-                mujoco.mj_step(model, data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
-                mujoco.mj_forward(model, data)
+                advance_physics(model, data)
         return episodes * EPISODE_LENGTH
 
     steps, seconds = timed(run)
@@ -216,10 +213,9 @@ def bench_batched_share(robot: str, threads: int, episodes: int, seed: int) -> S
     compiled models with the same threads; fastest of 3 alternated repetitions each."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import mujoco
     import torch
 
-    from stochastic_circle.mujoco_backend import PHYSICS_STEPS_PER_ENV_STEP
+    from stochastic_circle.mujoco_backend import advance_physics
     from stochastic_circle.mujoco_batched import MujocoBatchedEnv
 
     tasks = [CircleTask(robot=robot, radius=1.5, wall_distance=1.125)] * BATCH_TASKS
@@ -229,22 +225,19 @@ def bench_batched_share(robot: str, threads: int, episodes: int, seed: int) -> S
     actions = torch.rand(EPISODE_LENGTH, BATCH_TASKS, BATCH_ENVS, 2, generator=generator) * 2 - 1
     controls = actions.double().numpy().reshape(EPISODE_LENGTH, count, 2)
     models_datas = [(e.model, e.data) for row in env.envs for e in row]
-    slices = [models_datas[i::threads] for i in range(threads)]
-    pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+    first, *others = env._blocks  # the env's own split of the envs over its threads
+    pool = ThreadPoolExecutor(len(others)) if others else None
 
-    def physics_slice(part: list, offset: int, control: np.ndarray) -> None:
-        for j, (model, data) in enumerate(part):
-            data.ctrl[:] = control[offset + j * threads]
-            mujoco.mj_step(model, data, nstep=PHYSICS_STEPS_PER_ENV_STEP)
-            mujoco.mj_forward(model, data)
+    def physics_block(rows: slice, control: np.ndarray) -> None:
+        for (model, data), ctrl in zip(models_datas[rows], control[rows], strict=True):
+            data.ctrl[:] = ctrl
+            advance_physics(model, data)
 
     def physics() -> int:
         for _ in range(episodes):
             for control in controls:
-                parts = [
-                    pool.submit(physics_slice, slices[i], i, control) for i in range(1, threads)
-                ]
-                physics_slice(slices[0], 0, control)
+                parts = [pool.submit(physics_block, rows, control) for rows in others]
+                physics_block(first, control)
                 for part in parts:
                     part.result()
         return episodes * EPISODE_LENGTH * count
