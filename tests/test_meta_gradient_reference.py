@@ -13,7 +13,8 @@ with the last bit of the parameters, so a recorded simulator reference would not
 survive a change of CPU kernels (design document, *Reproducibility*).
 
 When the computation changes on purpose, rewrite the reference with
-``.venv/bin/python tests/test_meta_gradient_reference.py`` and say why in the commit.
+``.venv/bin/python tests/test_meta_gradient_reference.py`` and say why in the commit;
+``... --sensitivity`` prints how far ``g`` moves under small perturbations.
 """
 
 import json
@@ -27,6 +28,8 @@ from torch import Tensor
 
 import meta_safe.maml as maml
 from meta_safe.maml import init_meta, meta_step
+from stochastic_circle import torch_backend
+from stochastic_circle.torch_backend import PointDynamics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import tiny_cfg  # noqa: E402
@@ -81,12 +84,32 @@ class ScriptedEnv:
         return obs, reward, cost, torch.zeros(shape, dtype=torch.bool), truncated
 
 
-def meta_gradients(rule: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+def meta_gradients(
+    rule: str,
+    monkeypatch: pytest.MonkeyPatch,
+    perturbation: float = 0.0,
+    simulator: bool = False,
+    extra: tuple[str, ...] = (),
+) -> dict:
     """``g`` and ``b`` (flat, ``[num_params]``, as lists) of the first meta-iteration of
-    ``rule``, and their dtype."""
-    monkeypatch.setattr(
-        maml, "make_batched_env", lambda cfg, tasks, n, seed, **kw: ScriptedEnv(tasks, n, seed)
-    )
+    ``rule``, and their dtype. ``perturbation`` multiplies every meta-parameter by
+    ``1 + perturbation z`` (``z`` standard normal, seeded); ``simulator`` collects on the
+    contracting Point model in float64 instead of the scripted env (start box 1.0, so
+    costs occur); ``extra`` are more overrides."""
+    placement: tuple[str, ...] = ()
+    if simulator:
+        original_env = torch_backend.BatchedCircleEnv
+        smooth = PointDynamics(turn_gain=1.0)
+
+        def smooth_env(*args, **kwargs):
+            return original_env(*args, model=smooth, dtype=torch.float64, **kwargs)
+
+        monkeypatch.setattr(torch_backend, "BatchedCircleEnv", smooth_env)
+        placement = ("env.placement=1.0",)
+    else:
+        monkeypatch.setattr(
+            maml, "make_batched_env", lambda cfg, tasks, n, seed, **kw: ScriptedEnv(tasks, n, seed)
+        )
     seen: dict = {}
     original_step = maml.outer_step
 
@@ -97,9 +120,13 @@ def meta_gradients(rule: str, monkeypatch: pytest.MonkeyPatch) -> dict:
         return original_step(policy, meta_params, pre_data, g, b, *rest, **kwargs)
 
     monkeypatch.setattr(maml, "outer_step", recording_step)
-    cfg = tiny_cfg("seed=3", "meta.inner_steps=2", f"env.episode_steps={EPISODE}", *RULES[rule])
-    setup, state = init_meta(cfg)
-    state.meta_params = {k: v.double() for k, v in state.meta_params.items()}
+    overrides = ("seed=3", "meta.inner_steps=2", f"env.episode_steps={EPISODE}", *placement)
+    setup, state = init_meta(tiny_cfg(*overrides, *RULES[rule], *extra))
+    generator = torch.Generator().manual_seed(5)
+    state.meta_params = {
+        k: v.double() * (1 + perturbation * torch.randn(v.shape, generator=generator).double())
+        for k, v in state.meta_params.items()
+    }
     meta_step(setup, state)
     return seen
 
@@ -120,12 +147,17 @@ def test_meta_gradients_equal_the_reference(rule: str, monkeypatch) -> None:
         assert error <= 1e-6, f"{rule}: {name} differs from the reference by {error:.2e} relative"
 
 
-def write_reference() -> None:
-    """Record the reference (the fixtures of ``conftest.py`` applied by hand)."""
+def _script_mode() -> None:
+    """What ``conftest.py``'s fixtures set, for running this file as a script."""
     torch.set_num_threads(1)
     from meta_safe.rl import fused_rollout
 
     fused_rollout.fused_rollout.enabled = False
+
+
+def write_reference() -> None:
+    """Record the reference."""
+    _script_mode()
     out = {}
     for rule in sorted(RULES):
         torch.manual_seed(0)
@@ -136,5 +168,35 @@ def write_reference() -> None:
     print(f"wrote {REFERENCE}")
 
 
+def sensitivity(rule: str = "cpo_closed_form") -> None:
+    """Print how far ``g`` moves under parameter perturbations and setting changes, on
+    the scripted env and on the simulator: why the reference uses the scripted env, and
+    that the tolerance still sees a real change."""
+    _script_mode()
+    cases = [
+        ("scripted", 1e-15, False, ()),
+        ("scripted", 1e-12, False, ()),
+        ("scripted", 1e-9, False, ()),
+        ("simulator (contracting Point model, float64)", 1e-15, True, ()),
+        ("scripted, meta_optimizer.cg_iters=9", 0.0, False, ("meta_optimizer.cg_iters=9",)),
+        ("scripted, meta_optimizer.damping=0.11", 0.0, False, ("meta_optimizer.damping=0.11",)),
+    ]
+    bases: dict[bool, list[float]] = {}
+    print(f"rule {rule}: relative change of g against the unperturbed run on the same env\n")
+    print("| env and setting | perturbation | change of g |\n|---|---:|---:|")
+    for label, perturbation, simulator, extra in cases:
+        if simulator not in bases:
+            torch.manual_seed(0)
+            with pytest.MonkeyPatch.context() as patch:
+                bases[simulator] = meta_gradients(rule, patch, simulator=simulator)["g"]
+        torch.manual_seed(0)
+        with pytest.MonkeyPatch.context() as patch:
+            g = meta_gradients(rule, patch, perturbation, simulator, extra)["g"]
+        print(f"| {label} | {perturbation:.0e} | {relative_error(g, bases[simulator]):.1e} |")
+
+
 if __name__ == "__main__":
-    write_reference()
+    if sys.argv[1:] == ["--sensitivity"]:
+        sensitivity()
+    else:
+        write_reference()
